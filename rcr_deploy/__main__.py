@@ -1,0 +1,3 @@
+from rcr_deploy.cli import main
+
+main()

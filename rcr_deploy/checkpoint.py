@@ -1,0 +1,149 @@
+"""The `ckpt.pt` format: a tagged dict that loads with `torch.load(weights_only=True)`.
+
+    {"format": "rcr-deploy-checkpoint", "version": 1,
+     "arch": "rcrnet", "config": {"in_channels": 4, "num_classes": 2},
+     "form": "train" | "deploy", "state_dict": {...}, "meta": {...}, ...training state}
+
+A bare state_dict is accepted too, with the architecture named by the caller (`--arch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rcr_deploy import reparam
+from rcr_deploy.errors import CheckpointError
+from rcr_deploy.fileio import atomic_path, sha256_file
+from rcr_deploy.models import VARIANTS, build_model
+
+FORMAT = "rcr-deploy-checkpoint"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (train or deploy form) and what was recorded with it."""
+
+    model: nn.Module
+    arch: str
+    form: str
+    path: Path
+    sha256: str
+    meta: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    arch: str,
+    meta: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """Write atomically; `extra` holds training state (optimiser, epoch, ...), plain types only."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "config": {"in_channels": model.in_channels, "num_classes": model.head.out_channels},
+        "form": "deploy" if reparam.is_deploy_form(model) else "train",
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: truncated or damaged checkpoint ({e}); re-copy or re-save it") from e
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/ValueError for non-checkpoints
+        text = str(e)
+        if "central directory" in text or "failed finding" in text or "file read failed" in text:
+            raise CheckpointError(f"{path}: truncated or damaged checkpoint; re-copy or re-save it") from e
+        if "Weights only load failed" in text:
+            raise CheckpointError(
+                f"{path}: holds objects that do not load with weights_only=True; save only tensors and plain types"
+            ) from e
+        raise CheckpointError(f"{path}: not a torch checkpoint file; pass a ckpt.pt from 'rcr-deploy train'") from e
+
+
+def _in_channels(state_dict: dict[str, torch.Tensor]) -> int:
+    first_conv = next(v for v in state_dict.values() if v.ndim == 4)
+    return int(first_conv.shape[1])
+
+
+def _num_classes(state_dict: dict[str, torch.Tensor]) -> int:
+    return int(state_dict["head.weight"].shape[0]) if "head.weight" in state_dict else 2
+
+
+def load_checkpoint(path: str | os.PathLike, arch: str | None = None, require_form: str | None = None) -> Checkpoint:
+    """Load and validate a checkpoint; every failure is a one-line `CheckpointError`.
+
+    `require_form="train"` rejects deploy-form checkpoints (they cannot be re-verified).
+    The state_dict is always loaded strictly.
+    """
+    path = Path(path)
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a checkpoint; save with rcr-deploy")
+    if raw.get("format") == FORMAT:
+        if raw.get("version", 0) > VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {raw['version']} is newer than this rcr-deploy; upgrade")
+        arch = arch or raw["arch"]
+        state_dict = raw["state_dict"]
+        meta = raw.get("meta", {})
+    elif raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        if arch is None:
+            raise CheckpointError(f"{path}: a bare state_dict; name its architecture with --arch ({', '.join(VARIANTS)})")
+        state_dict, meta = raw, {}
+        raw = {"state_dict": raw}
+    else:
+        raise CheckpointError(f"{path}: not an rcr-deploy checkpoint (no format tag); pass a ckpt.pt from 'rcr-deploy train'")
+
+    if arch not in VARIANTS:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r}; use one of {', '.join(VARIANTS)}")
+    model = build_model(arch, in_channels=_in_channels(state_dict), num_classes=_num_classes(state_dict))
+    deploy_keys = set(reparam.reparameterize(model).state_dict())
+    form = "deploy" if set(state_dict) == deploy_keys else "train"
+    if form == "deploy":
+        if require_form == "train":
+            raise CheckpointError(
+                f"{path}: a deploy-form checkpoint; this step needs the train-form checkpoint it was made from"
+            )
+        model = reparam.reparameterize(model)
+    _load_strict(model, state_dict, path, arch)
+    model.eval()
+    return Checkpoint(model=model, arch=arch, form=form, path=path, sha256=sha256_file(path), meta=meta, raw=raw)
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{path}: does not match architecture {arch!r}: {'; '.join(parts)}; pass the right --arch")
+    for k, v in expected.items():
+        if v.shape != state_dict[k].shape:
+            raise CheckpointError(
+                f"{path}: shape mismatch for {k}: checkpoint {tuple(state_dict[k].shape)}, "
+                f"{arch!r} expects {tuple(v.shape)}; pass the right --arch"
+            )
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,118 @@
+"""THE one definition of input preprocessing, used by training, export manifests and inference.
+
+PortraitNet's normalisation in RGB order: (x - mean) * 0.017, mean = (123.68, 116.78, 103.94).
+Test-time size policy: pad to a square with grey 128, then resize (bicubic) to the model size.
+The 4th channel is the previous frame's mask in [0, 1], not normalised; zeros on still images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rcr_deploy.errors import DataError
+
+MEAN_RGB = (123.68, 116.78, 103.94)
+SCALE = 0.017
+PAD_VALUE = 128
+INPUT_SIZE = 224
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
+    """The preprocessing recorded in every artifact's manifest, enough to reproduce it."""
+    return {
+        "layout": "NCHW",
+        "channel_order": "RGB" + ("+prior" if in_channels == 4 else ""),
+        "mean": list(MEAN_RGB),
+        "std": [1.0 / SCALE] * 3,
+        "formula": "(rgb - mean) / std per channel; prior channel in [0, 1] unnormalised",
+        "size": [size, size],
+        "resize": "pad to square with value 128 (centred), then bicubic resize to size",
+        "pad_value": PAD_VALUE,
+        "prior_channel": 3 if in_channels == 4 else None,
+        "prior_meaning": "previous frame's foreground probability; zeros for still images",
+    }
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read any common image as HxWx3 uint8 RGB: EXIF rotation applied; grey, RGBA (composited
+    on grey 128), palette and 16-bit images converted."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                arr = (arr / max(arr.max(), 1.0) * 255.0).round().astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (PAD_VALUE,) * 3 + (255,))
+                return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such image file; check the path") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable or corrupt image ({e}); replace or remove it") from e
+
+
+def normalize(rgb: np.ndarray, prior: np.ndarray | None = None, in_channels: int = 4) -> np.ndarray:
+    """HxWx3 uint8 RGB (+ HxW prior in [0,1]) -> CxHxW float32 network input."""
+    x = (rgb.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)) * SCALE
+    chans = [x.transpose(2, 0, 1)]
+    if in_channels == 4:
+        p = np.zeros(rgb.shape[:2], np.float32) if prior is None else prior.astype(np.float32)
+        chans.append(p[None])
+    return np.ascontiguousarray(np.concatenate(chans, axis=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """How a frame was padded and resized, so a mask can be mapped back onto it."""
+
+    height: int
+    width: int
+    side: int
+    top: int
+    left: int
+    size: int
+
+
+def letterbox(rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
+    """Pad to a centred square with grey 128, then bicubic resize to size x size."""
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    square = np.full((side, side, 3), PAD_VALUE, np.uint8)
+    square[top : top + h, left : left + w] = rgb
+    resized = cv2.resize(square, (size, size), interpolation=cv2.INTER_CUBIC)
+    return resized, Letterbox(h, w, side, top, left, size)
+
+
+def letterbox_mask(mask: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Apply a frame's letterbox to a float mask (e.g. the previous frame's prior)."""
+    square = np.zeros((box.side, box.side), np.float32)
+    square[box.top : box.top + box.height, box.left : box.left + box.width] = mask
+    return cv2.resize(square, (box.size, box.size), interpolation=cv2.INTER_LINEAR)
+
+
+def unletterbox(prob: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Map a size x size probability map back to the original frame (bilinear)."""
+    square = cv2.resize(prob.astype(np.float32), (box.side, box.side), interpolation=cv2.INTER_LINEAR)
+    return square[box.top : box.top + box.height, box.left : box.left + box.width]
+
+
+def preprocess(
+    rgb: np.ndarray, size: int = INPUT_SIZE, prior: np.ndarray | None = None, in_channels: int = 4
+) -> tuple[np.ndarray, Letterbox]:
+    """A frame (and optional prior at frame size) -> 1xCxSxS float32 input and its letterbox."""
+    resized, box = letterbox(rgb, size)
+    prior_s = None if prior is None else letterbox_mask(prior, box)
+    return normalize(resized, prior_s, in_channels)[None], box

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+EG1800 = SHARED / "data" / "eg1800"
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # CI has 2 cores; tests that each spawn many threads only fight over them.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def eg1800() -> Path:
+    if not (EG1800 / "images").is_dir():
+        pytest.skip("../shared/data/eg1800 is not beside this checkout")
+    return EG1800

@@ -25,6 +25,15 @@ from rcr_deploy.models import VARIANTS, build_model
 
 FORMAT = "rcr-deploy-checkpoint"
 VERSION = 1
+#: The trained model shipped inside the package (full RCRNet on EG1800; see README).
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "rcrnet-eg1800.pt"
+
+
+def default_checkpoint() -> Path:
+    """The built-in trained model; a clear error if this install lacks it."""
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise CheckpointError(f"{DEFAULT_CHECKPOINT}: built-in model missing from this install; reinstall rcr-deploy or pass a checkpoint")
+    return DEFAULT_CHECKPOINT
 
 
 @dataclasses.dataclass

@@ -7,6 +7,8 @@ eval, bench and infer are written once against `Runner.infer`.
 from __future__ import annotations
 
 import abc
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,3 +30,36 @@ class Runner(abc.ABC):
 
     def close(self) -> None:
         """Release backend resources."""
+
+
+#: Where `export` writes artifacts and where `bench`, `eval` and `infer` look by default.
+DEFAULT_OUT_DIR = Path("rcr-deploy-out")
+#: Artifact file names inside an export folder, by precision.
+ARTIFACT_NAMES = {"fp32": "rcrnet.onnx", "fp16": "rcrnet-fp16.onnx", "int8": "rcrnet-int8.onnx"}
+
+
+def manifest_path(artifact: Path) -> Path:
+    """The JSON manifest written atomically beside an artifact: `rcrnet.onnx` -> `rcrnet.onnx.json`."""
+    return artifact.with_name(artifact.name + ".json")
+
+
+def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
+    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, a TensorRT engine, or an
+    export folder (its FP32 artifact). `None` is the built-in default checkpoint."""
+    from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
+    from rcr_deploy.errors import RcrError
+    from rcr_deploy.reparam import reparameterize
+    from rcr_deploy.runtime.torch_runner import TorchRunner
+
+    path = default_checkpoint() if model is None else Path(model)
+    if path.is_dir():
+        path = path / ARTIFACT_NAMES["fp32"]
+    if path.suffix == ".pt":
+        ckpt = load_checkpoint(path)
+        deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
+        return TorchRunner(deploy, f"torch-deploy:{path.name}", device=device)
+    if path.suffix == ".onnx":
+        from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(path)
+    raise RcrError(f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact or an export folder")

@@ -1,0 +1,42 @@
+"""ONNX Runtime runner; reads the artifact's manifest for its input spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rcr_deploy.errors import RcrError
+from rcr_deploy.runtime import Runner, manifest_path
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX artifact on ONNX Runtime (CPU provider unless `providers` says otherwise)."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RcrError(f"{self.path}: no such artifact; run 'rcr-deploy export' first")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise RcrError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]}); re-export it") from e
+        meta = manifest_path(self.path)
+        self.manifest = json.loads(meta.read_text()) if meta.is_file() else None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.in_channels = int(inp.shape[1])
+        self.name = f"onnxruntime:{self.path.name}"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return out.astype(np.float32, copy=False)

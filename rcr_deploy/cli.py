@@ -167,3 +167,323 @@ def _print_checks(results: list) -> None:
         f"{status}: {len(results)} checks; closest to tolerance: {worst.name} [{worst.dtype}] "
         f"max rel {worst.max_rel:.2e} at {worst.worst_index}"
     )
+
+
+# ---- infer
+
+
+@app.command()
+def infer(
+    source: str = typer.Argument(..., metavar="INPUT", help="An image, a folder of images, a video file, or a camera index (0, 1, ...)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.pt), ONNX artifact, TensorRT engine or export folder; default: the built-in model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out/infer."),
+    save: str = typer.Option("overlay,mask", help="Comma-separated outputs: mask, cutout (RGBA PNG), background, overlay, before-after."),
+    background: Optional[str] = typer.Option(None, help="Replace the background with an IMAGE (resized to the frame), 'blur' or '#RRGGBB'."),
+    feather: float = typer.Option(0.0, min=0.0, help="Soften the mask's edge: Gaussian sigma in pixels (0: hard edge)."),
+    prior: bool = typer.Option(True, "--prior/--no-prior", help="Feed the previous frame's mask to the model (video and camera)."),
+    frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C)."),
+    codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
+    device: str = typer.Option("cpu", help="Device for a checkpoint: cpu or cuda."),
+) -> None:
+    """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
+    from rcr_deploy.infer import STAGES, infer as run_infer
+    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    out = out or DEFAULT_OUT_DIR / "infer"
+    result = run_infer(
+        source, model, out, save=save, background=background, feather=feather, prior=prior,
+        max_frames=frames, codec=codec, pipelined=pipeline, device=device,
+    )
+    t = result.timings
+    table = Table(title="where the time goes")
+    table.add_column("stage")
+    table.add_column("ms/frame", justify="right")
+    table.add_column("share", justify="right")
+    per_frame = t.ms_per_frame()
+    busy = sum(per_frame.values()) or 1.0
+    for stage in STAGES:
+        table.add_row(stage, f"{per_frame[stage]:.1f}", f"{per_frame[stage] / busy:.0%}")
+    table.add_row("wall clock", f"{1000 * t.wall_s / max(t.frames, 1):.1f}", "", style="bold")
+    console.print(table)
+    console.print(
+        f"{result.model} on {t.frames} frame(s) ({result.kind}): {t.fps:.1f} FPS, "
+        f"prior {'on' if result.prior else 'off'}, {'pipelined' if t.pipelined else 'one thread'}"
+    )
+    console.print(f"wrote {len(result.written)} file(s) to {out}/")
+
+
+# ---- train
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for config.json, last.pt, best.pt, history.json."),
+    arch: Optional[str] = typer.Option(None, help="Architecture (see 'rcr-deploy models'); default rcrnet."),
+    config: Optional[Path] = typer.Option(None, help="A saved config.json to start from; options given here override it."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt (its config, then these options)."),
+    train_split: Optional[str] = typer.Option(None, help="train | all | p3m-train | a file of ids."),
+    val_split: Optional[str] = typer.Option(None, help="val | p3m-500-p | p3m-500-np | a file of ids | '' for none."),
+    size: Optional[int] = typer.Option(None, help="Square training size (default 224)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (paper: 2000)."),
+    batch: Optional[int] = typer.Option(None, help="Samples per step per process (default 32, as the paper)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3; paper 1e-2, see README)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 5e-4)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentation."),
+    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per training process."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on the GPU (default on)."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes."),
+    save_every: Optional[int] = typer.Option(None, help="Also save last.pt every N steps (0: per epoch only)."),
+    val_limit: Optional[int] = typer.Option(None, help="Validate on the first N validation images only (0: all)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps in all (0: no limit)."),
+) -> None:
+    """Train a model with the paper's recipe; with torchrun, on many GPUs or nodes (DDP)."""
+    given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "resume", "time_limit")}
+    from rcr_deploy.train.trainer import TrainConfig, Trainer, resume_config
+
+    if time_limit is not None:
+        given["time_limit_min"] = time_limit
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    base = TrainConfig.load(config) if config else resume_config(resume) if resume else TrainConfig()
+    cfg = TrainConfig.from_dict({**dataclasses.asdict(base), **given}, "options")
+    if not cfg.data:
+        raise RcrError("no dataset: pass --data DIR (a folder with images/ and masks/)")
+    if not given.get("out") and not config and not resume:
+        cfg.out = f"runs/{cfg.arch}"
+    result = Trainer(cfg, resume=resume).fit()
+    if result.best:
+        console.print(
+            f"best epoch {result.best['epoch']}: val mean per-image foreground IoU {result.best['val_fg_miou']:.4f}, "
+            f"class-mean IoU {result.best['val_class_miou']:.4f}; checkpoints in {cfg.out} (stopped: {result.stopped})"
+        )
+    else:
+        console.print(f"checkpoints in {cfg.out} (stopped: {result.stopped})")
+
+
+# ---- bench
+
+
+@app.command()
+def bench(
+    backend: Optional[str] = typer.Option(
+        None, help="Comma-separated: 'all' (default unless --engine is given), 'torch', 'onnxruntime' (the exported "
+        "artifacts), or torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, onnxruntime-fp32, "
+        "onnxruntime-fp16, onnxruntime-int8."
+    ),
+    engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) to time: fp32, fp16, int8 (built from the export if missing)."),
+    batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime (default: all usable cores)."),
+    size: int = typer.Option(224, help="Square input size."),
+    warmup: int = typer.Option(10, help="Untimed warm-up calls per batch size."),
+    iters: int = typer.Option(50, help="Timed calls per batch size."),
+    max_seconds: float = typer.Option(20.0, help="Stop timing a cell after this long (at least one call is timed)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda where torch sees a GPU)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Time torch on the GPU as CUDA-graph replays."),
+    out_dir: Optional[Path] = typer.Option(None, help="Export folder holding the artifacts (default: rcr-deploy-out)."),
+    ckpt: Optional[Path] = typer.Option(None, help="Train-form checkpoint for the torch rows (default: the one the export recorded)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (schema: benchmarks/schema.json)."),
+    md_out: Optional[Path] = typer.Option(None, "--md", help="Write the report as markdown."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write the speed-accuracy chart (PNG)."),
+) -> None:
+    """Latency, throughput, size, cost and memory of every backend, in one table (ratios vs the train form)."""
+    import os
+    import shlex
+
+    from benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
+    from benchmarks.report import print_table, write_json, write_markdown
+    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    engines = [e.strip() for e in engine.split(",")] if engine else []
+    if backend is None:
+        backend = "" if engines else "all"
+    backends = select_backends(backend, device)
+    config = BenchConfig(
+        backends=backends,
+        engines=engines,
+        batches=parse_batches(batch),
+        out_dir=out_dir or DEFAULT_OUT_DIR,
+        ckpt=ckpt,
+        size=size,
+        threads=threads or len(os.sched_getaffinity(0)),
+        warmup=warmup,
+        iters=iters,
+        max_seconds=max_seconds,
+        device=device,
+        cuda_graphs=cuda_graphs,
+    )
+    report = run_bench(config, command=shlex.join(["rcr-deploy", *sys.argv[1:]]))
+    print_table(report, console)
+    if json_out:
+        write_json(report, json_out)
+    if md_out:
+        write_markdown(report, md_out)
+    if plot_out:
+        from benchmarks.plot import plot_speed_accuracy
+
+        plot_speed_accuracy(report, plot_out)
+    for path in (json_out, md_out, plot_out):
+        if path:
+            console.print(f"wrote {path}")
+
+
+# ---- eval
+
+
+@app.command("eval")
+def eval_(
+    model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, engine or export folder; default: the built-in model."),
+    data: Path = typer.Option(..., help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
+    split: Optional[str] = typer.Option(None, help="all (default) | train | val | p3m-500-p | p3m-500-np | a file of ids."),
+    size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N images."),
+    batch: int = typer.Option(8, help="Images per inference call."),
+    per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
+    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
+    from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
+    from rcr_deploy.runtime import load_runner
+
+    runner = load_runner(model)
+    if size is None:
+        size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
+    report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch)
+    if per_image:
+        write_per_image_csv(report, per_image)
+    pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
+    if as_json:
+        fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
+        print(json.dumps({**fields, "worst": [str(p) for p in pictures]}, indent=2))
+        return
+    console.print(f"{report.model} on {report.data} ({report.split or 'all'}, {report.n_images} images, {size}x{size}):")
+    console.print(f"  mean per-image foreground IoU (PortraitNet's mIoU): {report.fg_miou * 100:.2f}")
+    console.print(f"  class-mean IoU (mean of person and background IoU):  {report.class_miou * 100:.2f}")
+    if per_image:
+        console.print(f"  per-image scores: {per_image}")
+    if pictures:
+        console.print(f"  {len(pictures)} worst images as overlays in {worst[1]} (green right, red false person, blue missed)")
+
+
+# ---- demo
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (its files are overwritten); default rcr-deploy-out/demo."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Train-form checkpoint; default: the built-in model."),
+) -> None:
+    """The main job in one command, offline: export FP32 + INT8, verify, benchmark, segment an image and a clip, report."""
+    from benchmarks.report import print_table
+    from rcr_deploy.demo import run_demo
+    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    result = run_demo(out or DEFAULT_OUT_DIR / "demo", ckpt=model, log=console.print)
+    print_table(result.bench, console)
+    for name, s in result.stability.items():
+        console.print(
+            f"  clip, {name}: consecutive-mask IoU {s['pred_consecutive_iou']:.4f} (ground truth {s['gt_consecutive_iou']:.4f}), "
+            f"flicker {s['flicker']:.4f}, foreground IoU {s['fg_iou']:.4f}"
+        )
+    console.print(f"demo finished in {result.seconds['total']:.0f} s; report: {result.index.resolve()}")
+
+
+# ---- export
+
+
+@app.command("export")
+def export_cmd(
+    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
+    precision: str = typer.Option("fp32", help="Comma list of fp32, fp16, int8 (fp32 is always written)."),
+    calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
+    calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
+    calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
+    val: Optional[Path] = typer.Option(None, help="Labelled folder (images/ + masks/): mIoU of every precision."),
+    val_limit: Optional[int] = typer.Option(None, help="Score only the first N images of --val."),
+    size: int = typer.Option(224, help="Square input size (multiple of 32)."),
+    dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (multiples of 32) as well as batch."),
+    opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
+    arch: Optional[str] = typer.Option(None, help="Architecture of a bare state_dict."),
+    engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine for every artifact."),
+    min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
+    opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
+    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch."),
+    force: bool = typer.Option(False, "--force", help="Replace existing artifacts in the output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
+    from exporters.pipeline import export
+    from exporters.tensorrt import EngineOptions
+    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    result = export(
+        ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
+        arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
+        calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
+        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
+    )
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+        return
+    table = Table(title=f"artifacts in {result.out_dir.resolve()}")
+    for col in ["file", "MB", "checked vs", "max abs", "max rel", "same class", ""]:
+        table.add_column(col, justify="left" if col in ("file", "checked vs", "") else "right", no_wrap=True)
+    stages = {v["stage"]: v for v in result.validation}
+    for p, path in result.artifacts.items():
+        v = stages[p]
+        agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
+        table.add_row(
+            path.name, f"{path.stat().st_size / 2**20:.2f}", "torch" if p == "fp32" else "fp32", f"{v['max_abs']:.1e}",
+            f"{v['max_rel']:.1e}", agreement, "[green]ok[/]" if v["passed"] else "[red]FAIL[/]",
+        )
+    console.print(table)
+    if result.accuracy:
+        acc = Table(title=f"accuracy on {result.accuracy['data']} ({result.accuracy['rows'][0]['n_images']} images)")
+        for col in ["precision", "foreground mIoU", "class mIoU", "vs fp32 (fg)"]:
+            acc.add_column(col, justify="left" if col == "precision" else "right")
+        for r in result.accuracy["rows"]:
+            acc.add_row(r["precision"], f"{r['fg_miou']:.4f}", f"{r['class_miou']:.4f}", f"{r['fg_miou_vs_fp32']:+.4f}")
+        console.print(acc)
+    for p, path in result.engines.items():
+        console.print(f"TensorRT engine ({p}): {path}")
+    console.print(
+        f"[green]exported[/] to {result.out_dir.resolve()} in {sum(result.timings.values()):.1f} s "
+        f"(torch->ONNX {result.timings['export-onnx']:.1f} s); each artifact's manifest is <artifact>.json"
+    )
+
+
+# ---- build
+
+
+@app.command("build")
+def build_cmd(
+    artifact: Optional[Path] = typer.Argument(None, help="ONNX artifact (fp32, fp16 or int8) or export folder; default rcr-deploy-out."),
+    min_batch: int = typer.Option(1, help="Optimisation profile: smallest batch."),
+    opt_batch: int = typer.Option(1, help="Optimisation profile: batch to tune for."),
+    max_batch: int = typer.Option(8, help="Optimisation profile: largest batch."),
+    size: int = typer.Option(224, help="H/W for artifacts exported with --dynamic-hw."),
+    workspace_mib: int = typer.Option(1024, help="TensorRT workspace limit in MiB."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Engine cache folder; default: engines/ beside the artifact."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the cache holds this engine."),
+) -> None:
+    """Build (or reuse from the cache) a TensorRT engine and validate it against ONNX Runtime."""
+    from exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
+    from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
+
+    require_tensorrt()
+    artifact = artifact or DEFAULT_OUT_DIR
+    path = artifact / ARTIFACT_NAMES["fp32"] if artifact.is_dir() else artifact
+    engine = build_engine(path, EngineOptions(min_batch, opt_batch, max_batch, (size, size), workspace_mib), cache_dir, force)
+    result = validate_engine(engine, path)
+    s = result.summary()
+    console.print(f"engine: {engine}\nvs ONNX Runtime: max abs {s['max_abs']:.2e}, max rel {s['max_rel']:.2e} (rtol {s['rtol']})")
+    if not result:
+        raise VerificationError(f"{engine}: differs from {path.name} on ONNX Runtime beyond tolerance (max rel {s['max_rel']:.2e})")

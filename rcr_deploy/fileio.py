@@ -26,6 +26,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise RcrError(f"cannot write {path}: {e.strerror}; choose a writable output folder") from e
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; a published artifact should get the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -37,7 +37,7 @@ def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
         "resize": "pad to square with value 128 (centred), then bicubic resize to size",
         "pad_value": PAD_VALUE,
         "prior_channel": 3 if in_channels == 4 else None,
-        "prior_meaning": "previous frame's foreground probability; zeros for still images",
+        "prior_meaning": "previous frame's person mask (1 where its probability > 0.5); zeros for still images",
     }
 
 

@@ -43,6 +43,11 @@ def manifest_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+#: The ONNX metadata_props key holding the same manifest inside the artifact (used when the JSON
+#: sidecar has been lost).
+MANIFEST_METADATA_KEY = "rcr_deploy.manifest"
+
+
 def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
     """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, a TensorRT engine, or an
     export folder (its FP32 artifact). `None` is the built-in default checkpoint."""
@@ -62,4 +67,10 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> 
         from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path)
-    raise RcrError(f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact or an export folder")
+    if path.suffix == ".engine":
+        from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(path)
+    raise RcrError(
+        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, a .engine or an export folder"
+    )

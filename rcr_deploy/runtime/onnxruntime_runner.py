@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rcr_deploy.errors import RcrError
-from rcr_deploy.runtime import Runner, manifest_path
+from rcr_deploy.runtime import MANIFEST_METADATA_KEY, Runner, manifest_path
 
 
 class OnnxRuntimeRunner(Runner):
@@ -31,7 +31,11 @@ class OnnxRuntimeRunner(Runner):
         except Exception as e:
             raise RcrError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]}); re-export it") from e
         meta = manifest_path(self.path)
-        self.manifest = json.loads(meta.read_text()) if meta.is_file() else None
+        if meta.is_file():
+            self.manifest = json.loads(meta.read_text())
+        else:  # the sidecar was lost: the copy inside the ONNX says the same
+            embedded = self.session.get_modelmeta().custom_metadata_map.get(MANIFEST_METADATA_KEY)
+            self.manifest = json.loads(embedded) if embedded else None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.in_channels = int(inp.shape[1])

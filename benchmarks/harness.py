@@ -1,0 +1,573 @@
+"""The timing harness: which backends run here, and how each one is timed, sized and costed.
+
+Every backend is a `Runner` (rcr_deploy.runtime). A run times each selected target at each batch
+size (warm-up, then timed iterations), records peak memory and cost, and measures the device's
+peak FLOP rate once, for the roofline. The train-form torch model on the same device is always
+measured too: it is the baseline every ratio column is taken against, because absolute times on
+shared machines drift.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.cost import count_macs_onnx, count_macs_torch, count_params
+from benchmarks.machine import machine_info, peak_flops, peak_memory
+from benchmarks.stats import LatencyStats
+from rcr_deploy.errors import RcrError
+from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, Runner, manifest_path
+
+SCHEMA = "rcr-deploy-bench/1"
+BASELINE = "torch-train"
+#: What `--backend` accepts (besides `all`); `--engine` selects TensorRT engines.
+BACKENDS = (
+    "torch-train",
+    "torch-deploy",
+    "torch-compile",
+    "torch-fp16",
+    "onnxruntime-unfused",
+    "onnxruntime-fp32",
+    "onnxruntime-fp16",
+    "onnxruntime-int8",
+)
+PRECISIONS = tuple(ARTIFACT_NAMES)
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What to measure and how; invalid values raise `RcrError` (exit 2)."""
+
+    backends: list[str]
+    engines: list[str] = dataclasses.field(default_factory=list)
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1])
+    out_dir: Path = DEFAULT_OUT_DIR
+    ckpt: Path | None = None
+    size: int = 224
+    threads: int = 2
+    warmup: int = 10
+    iters: int = 50
+    max_seconds: float = 20.0
+    device: str = "cpu"
+    cuda_graphs: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise RcrError(f"--iters {self.iters}: need at least 1 timed iteration; pass --iters 50")
+        if self.warmup < 0:
+            raise RcrError(f"--warmup {self.warmup}: cannot be negative; pass --warmup 10 (or 0)")
+        if not self.batches or min(self.batches) < 1:
+            raise RcrError(f"--batch {','.join(map(str, self.batches))}: batch sizes must be >= 1, e.g. --batch 1,8,32")
+        if self.threads < 1:
+            raise RcrError(f"--threads {self.threads}: need at least 1 thread")
+        if self.size < 32 or self.size % 32:
+            raise RcrError(f"--size {self.size}: must be a positive multiple of 32, e.g. 224")
+        if self.max_seconds <= 0:
+            raise RcrError(f"--max-seconds {self.max_seconds}: must be positive")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise RcrError(f"--backend {','.join(unknown)}: unknown; use all, torch, onnxruntime or some of {', '.join(BACKENDS)}")
+        unknown = [e for e in self.engines if e not in PRECISIONS]
+        if unknown:
+            raise RcrError(f"--engine {','.join(unknown)}: unknown; use one of {', '.join(PRECISIONS)}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RcrError(f"--device {self.device}: no CUDA device on this machine; use --device cpu")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise RcrError("--cuda-graphs needs a GPU; add --device cuda or drop --cuda-graphs")
+
+
+def parse_batches(text: str) -> list[int]:
+    """`"1,8,32"` -> [1, 8, 32], with a one-line error for anything else."""
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise RcrError(f"--batch {text}: expected comma-separated integers, e.g. --batch 1,8,32") from None
+
+
+def default_backends(device: str) -> list[str]:
+    """`--backend all`: every backend that applies to the device (whether it can run is decided later)."""
+    if device.startswith("cuda"):
+        return ["torch-train", "torch-deploy", "torch-compile", "torch-fp16", *[f"onnxruntime-{p}" for p in PRECISIONS]]
+    return [b for b in BACKENDS if b != "torch-fp16"]
+
+
+def select_backends(spec: str, device: str) -> list[str]:
+    """`--backend` text -> backend names: `all`, a family (`torch`, `onnxruntime`: the exported
+    artifacts), or names from BACKENDS, comma-separated. Unknown names are left for BenchConfig to reject."""
+    names: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if item == "all":
+            names += default_backends(device)
+        elif item in ("torch", "onnxruntime"):
+            names += [b for b in default_backends(device) if b.startswith(item + "-") and b != "onnxruntime-unfused"]
+        elif item:
+            names.append(item)
+    return list(dict.fromkeys(names))
+
+
+@dataclasses.dataclass
+class Target:
+    """One thing to time: a backend at a precision, and how to load it as a Runner."""
+
+    name: str
+    backend: str
+    precision: str
+    form: str
+    load: Callable[[], Runner]
+    artifact: Path | None = None
+    macs: int | None = None
+    params: int | None = None
+    miou: float | None = None
+    miou_source: str | None = None
+    export_s: float | None = None
+
+
+class Skip(Exception):
+    """A target that cannot run on this machine; the message says why (reported, not fatal)."""
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+def _artifact(out_dir: Path, precision: str) -> Path:
+    return out_dir / ARTIFACT_NAMES[precision]
+
+
+def _manifest(artifact: Path) -> dict[str, Any]:
+    path = manifest_path(artifact)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise RcrError(f"{path}: not valid JSON ({e}); re-export with 'rcr-deploy export CKPT'") from e
+
+
+def manifest_miou(manifest: dict[str, Any], precision: str) -> float | None:
+    """The foreground mIoU (%) that `rcr-deploy export --val` measured for this precision."""
+    for row in (manifest.get("accuracy") or {}).get("rows", []):
+        if row.get("precision") == precision and isinstance(row.get("fg_miou"), (int, float)):
+            return 100.0 * row["fg_miou"]
+    return None
+
+
+def _no_artifact(out_dir: Path) -> RcrError:
+    return RcrError(
+        f"{_artifact(out_dir, 'fp32')}: no exported artifact yet; run 'rcr-deploy export CKPT' in this folder "
+        f"first (or pass --out-dir, or --backend torch-deploy to time the checkpoint alone)"
+    )
+
+
+def _checkpoint_path(config: BenchConfig) -> Path:
+    """--ckpt, else the checkpoint the FP32 artifact was exported from (the manifest records its
+    file name and sha256: found in this folder, or the built-in model), else the built-in model."""
+    from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint
+    from rcr_deploy.fileio import sha256_file
+
+    if config.ckpt is not None:
+        return config.ckpt
+    recorded = _manifest(_artifact(config.out_dir, "fp32")).get("checkpoint") or {}
+    if not recorded:
+        return default_checkpoint()
+    for candidate in (Path(recorded["file"]), DEFAULT_CHECKPOINT):
+        if candidate.is_file() and sha256_file(candidate) == recorded["sha256"]:
+            return candidate
+    raise RcrError(
+        f"{_artifact(config.out_dir, 'fp32')}: exported from {recorded['file']}, which is not in this folder; "
+        "pass it with --ckpt (the torch baseline needs the same weights)"
+    )
+
+
+def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, str]], dict[str, Any]]:
+    """The targets to time (baseline first), the ones skipped with their reasons, and the model facts."""
+    from rcr_deploy.checkpoint import load_checkpoint
+    from rcr_deploy.models import VARIANTS
+    from rcr_deploy.reparam import reparameterize
+    from rcr_deploy.runtime.torch_runner import TorchRunner
+
+    if config.engines:  # fail fast, before any slow work, on a machine that cannot build engines
+        from exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    needs_artifact = any(b.startswith("onnxruntime-") and b != "onnxruntime-unfused" for b in config.backends)
+    if (needs_artifact or config.engines) and not _artifact(config.out_dir, "fp32").is_file():
+        raise _no_artifact(config.out_dir)
+    ckpt = load_checkpoint(_checkpoint_path(config))
+    if ckpt.form != "train":
+        raise RcrError(f"{ckpt.path}: a deploy-form checkpoint has no train form to use as the baseline; pass the train-form ckpt.pt with --ckpt")
+    train, deploy = ckpt.model.eval(), reparameterize(ckpt.model)
+    fp32_miou = manifest_miou(_manifest(_artifact(config.out_dir, "fp32")), "fp32")
+    hw = (config.size, config.size)
+    variant = VARIANTS.get(ckpt.arch)
+    model_info = {
+        "arch": ckpt.arch,
+        "checkpoint": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "in_channels": train.in_channels,
+        "params_train": count_params(train),
+        "params_deploy": count_params(deploy),
+        "macs_train": count_macs_torch(train, hw),
+        "macs_deploy": count_macs_torch(deploy, hw),
+        "paper": None
+        if variant is None
+        else {"params": int(variant.paper_params_m * 1e6), "flops": int(variant.paper_flops_m * 1e6), "miou": variant.paper_miou},
+    }
+    # The torch forms (and the train form's ONNX) compute what the FP32 artifact computes (export
+    # verified it), so they share its mIoU.
+    torch_miou_source = f"{ARTIFACT_NAMES['fp32']} manifest (same weights)" if fp32_miou is not None else None
+    dev = config.device
+    targets: list[Target] = []
+    skipped: list[dict[str, str]] = []
+
+    def torch_target(name: str, form: str, model: torch.nn.Module, precision: str = "fp32", compile: bool = False) -> Target:
+        def load() -> Runner:
+            return TorchRunner(model, name, device=dev, compile=compile)
+
+        return Target(
+            name, "torch.compile" if compile else "torch", precision, form, load,
+            macs=model_info[f"macs_{form}"], params=model_info[f"params_{form}"], miou=fp32_miou, miou_source=torch_miou_source,
+        )
+
+    targets.append(torch_target(BASELINE, "train", train))
+    for backend in config.backends:
+        if backend == BASELINE:
+            continue
+        try:
+            if backend == "torch-deploy":
+                targets.append(torch_target(backend, "deploy", deploy))
+            elif backend == "torch-compile":
+                targets.append(torch_target(backend, "deploy", deploy, compile=True))
+            elif backend == "torch-fp16":
+                if not dev.startswith("cuda"):
+                    raise Skip("FP16 torch needs a GPU (CPU half convolutions are slow reference kernels)")
+                targets.append(torch_target(backend, "deploy", _HalfPrecision(deploy), precision="fp16"))
+            elif backend == "onnxruntime-unfused":
+                targets.append(_unfused_target(train, deploy, config, tmp, model_info, (fp32_miou, torch_miou_source)))
+            else:
+                targets.append(_onnxruntime_target(backend.split("-")[1], config, model_info))
+        except Skip as why:
+            skipped.append({"name": backend, "reason": str(why)})
+    for precision in config.engines:
+        targets.append(_tensorrt_target(precision, config, ckpt.path, train.in_channels))
+    return targets, skipped, model_info
+
+
+class _HalfPrecision(torch.nn.Module):
+    """A half-precision copy of a model behind the float32 interface every runner shares."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+        self.in_channels = model.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def _ort_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise Skip("onnxruntime has no CUDA provider here; pip install onnxruntime-gpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _onnxruntime_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    path = _artifact(config.out_dir, precision)
+    if not path.is_file():
+        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {precision} among its precisions")
+    providers = _ort_providers(config.device)
+    miou = manifest_miou(_manifest(path), precision)
+    in_shape = (1, model_info["in_channels"], config.size, config.size)
+    return Target(
+        f"onnxruntime-{precision}", "onnxruntime", precision, "deploy",
+        lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
+        artifact=path, macs=count_macs_onnx(path, in_shape).macs, params=model_info["params_deploy"],
+        miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
+    )
+
+
+def _unfused_target(
+    train: torch.nn.Module, deploy: torch.nn.Module, config: BenchConfig, tmp: Path, model_info: dict[str, Any], miou: tuple[float | None, str | None]
+) -> Target:
+    """An ONNX export of the train form, beside a timed export of the deploy form by the same
+    exporter, so the fused-vs-unfused comparison isolates the re-parameterisation."""
+    from exporters.onnx import export_onnx
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    hw = (config.size, config.size)
+    path = tmp / "rcrnet-unfused.onnx"
+    start = time.perf_counter()
+    export_onnx(train, path, size=hw)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    export_onnx(deploy, tmp / "rcrnet-fused.onnx", size=hw)
+    model_info["export_fp32_s"] = time.perf_counter() - start
+    model_info["export_unfused_s"] = export_s
+    providers = _ort_providers(config.device)
+    return Target(
+        "onnxruntime-unfused", "onnxruntime", "fp32", "train",
+        lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
+        artifact=path, macs=count_macs_onnx(path, (1, model_info["in_channels"], *hw)).macs,
+        params=model_info["params_train"], export_s=export_s, miou=miou[0], miou_source=miou[1],
+    )
+
+
+def export_fp16_beside(out_dir: Path, ckpt: Path, size: int) -> Path:
+    """Add the FP16 artifact to an FP32-only export folder (what plain `rcr-deploy export` leaves),
+    through the same verified export chain, so `bench --engine fp16` works right after it."""
+    from exporters.pipeline import export
+
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fp16-") as tmp:
+        staged = export(ckpt, Path(tmp), ("fp32", "fp16"), size=size).artifacts["fp16"]
+        final = _artifact(out_dir, "fp16")
+        os.replace(manifest_path(staged), manifest_path(final))
+        os.replace(staged, final)
+    return final
+
+
+def _tensorrt_target(precision: str, config: BenchConfig, ckpt: Path, in_channels: int) -> Target:
+    """The TensorRT engine of an exported artifact, built (and cached) if missing. Export's own
+    one-line errors pass through: no TensorRT, no GPU, an engine for another TensorRT or GPU."""
+    from exporters import tensorrt as trt_export
+
+    artifact = _artifact(config.out_dir, precision)
+    if not artifact.is_file() and precision == "fp16":
+        export_fp16_beside(config.out_dir, ckpt, config.size)
+    elif not artifact.is_file():
+        raise RcrError(
+            f"{artifact}: no {precision} artifact to build an engine from; run "
+            f"'rcr-deploy export CKPT --precision fp32,{precision} --calib DIR' first"
+        )
+    # The export's default profile (max batch 8) is reused unless a larger batch is asked for.
+    options = trt_export.EngineOptions(
+        max_batch=max(trt_export.EngineOptions().max_batch, *config.batches), size=(config.size, config.size)
+    )
+    engine = trt_export.build_engine(artifact, options)
+    miou = manifest_miou(_manifest(artifact), precision)
+
+    def load() -> Runner:
+        runner = trt_export.TensorRTRunner(engine)
+        check_engine_batch(runner, max(config.batches))
+        return runner
+
+    return Target(
+        f"tensorrt-{precision}", "tensorrt", precision, "deploy", load, artifact=engine,
+        macs=count_macs_onnx(artifact, (1, in_channels, config.size, config.size)).macs, miou=miou,
+        miou_source=manifest_path(artifact).name if miou is not None else None,
+    )
+
+
+def check_engine_batch(runner: Runner, batch: int) -> None:
+    """A batch above the engine's optimisation-profile maximum is bad input, not a crash inside TensorRT."""
+    profile = ((runner.manifest or {}).get("engine") or {}).get("profile")
+    if profile and batch > profile["max"][0]:
+        raise RcrError(
+            f"{getattr(runner, 'path', runner.name)}: engine profile allows batch <= {profile['max'][0]}, asked for {batch}; "
+            f"rebuild it with a max batch of at least {batch}, or pass --batch {profile['max'][0]}"
+        )
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def timed_on_cpu(fn: Callable[[], Any]) -> Callable[[], int]:
+    """`fn` as a call returning its wall time in nanoseconds (perf_counter_ns)."""
+
+    def timed() -> int:
+        start = time.perf_counter_ns()
+        fn()
+        return time.perf_counter_ns() - start
+
+    return timed
+
+
+def _timed_on_gpu(fn: Callable[[], Any]) -> Callable[[], int]:
+    """`fn` (work queued on torch's current CUDA stream) timed with CUDA events, in nanoseconds."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed() -> int:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return int(start.elapsed_time(end) * 1e6)
+
+    return timed
+
+
+def _timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) -> Callable[[], int]:
+    """The timed call of one runner on one batch. Torch and TensorRT on a GPU run on device-resident
+    tensors, timed with CUDA events (torch optionally as a CUDA-graph replay); everything else
+    goes through `Runner.infer` (host arrays in and out), timed with perf_counter_ns."""
+    module = getattr(runner, "model", None)
+    if not device.startswith("cuda"):
+        return timed_on_cpu(lambda: runner.infer(x))
+    if hasattr(runner, "infer_torch"):  # TensorRT: device buffers in and out
+        x_dev = torch.from_numpy(x).to(device)
+        return _timed_on_gpu(lambda: runner.infer_torch(x_dev))
+    if not isinstance(module, torch.nn.Module):  # onnxruntime's CUDA provider: synchronous host calls
+        return timed_on_cpu(lambda: runner.infer(x))
+    static_x = torch.from_numpy(x).to(device)
+    fn = getattr(runner, "_fn", module)  # TorchRunner's compiled function where it has one
+    if not cuda_graphs:
+        return _timed_on_gpu(torch.inference_mode()(lambda: fn(static_x)))
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm up allocations on a side stream before capture
+                fn(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(static_x)
+    return _timed_on_gpu(graph.replay)
+
+
+def time_interleaved(calls: dict[str, Callable[[], int]], batch: int, iters: int, max_seconds: float, chunk: int = 5) -> dict[str, LatencyStats]:
+    """Time each call (each returns its own time in ns) `iters` times, taking turns `chunk` calls
+    at a time, so load that drifts on a shared machine hits every target alike and the ratios
+    between them stay fair. Stops early after about `max_seconds` per target, at least one turn each."""
+    samples: dict[str, list[int]] = {name: [] for name in calls}
+    deadline = time.perf_counter() + max_seconds * len(calls)
+    with tqdm(total=iters * len(calls), desc=f"timing batch {batch}", unit="call", leave=False) as bar:
+        while any(len(s) < iters for s in samples.values()):
+            for name, timed in calls.items():
+                n = min(chunk, iters - len(samples[name]))
+                samples[name] += [timed() for _ in range(n)]
+                bar.update(n)
+            if time.perf_counter() > deadline:
+                break
+    return {name: LatencyStats.from_ns(s, batch) for name, s in samples.items()}
+
+
+# ------------------------------------------------------------------------------------- a run
+
+
+@dataclasses.dataclass
+class _Loaded:
+    target: Target
+    runner: Runner
+    calls: dict[int, Callable[[], Any]]
+    load_s: float
+    peak_mem_bytes: int | None
+
+
+def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray]) -> _Loaded:
+    """Load a target, make its call at each batch size and warm it up, measuring peak memory."""
+    with peak_memory(config.device) as mem:
+        start = time.perf_counter()
+        runner = target.load()
+        # The first call is part of loading: torch.compile compiles there, lazy backends initialise.
+        runner.infer(inputs[min(inputs)][:1])
+        load_s = time.perf_counter() - start
+        calls = {}
+        for batch, x in inputs.items():
+            check_engine_batch(runner, batch)
+            calls[batch] = _timed_call(runner, x, config.device, config.cuda_graphs)
+            for _ in range(config.warmup):
+                calls[batch]()
+    return _Loaded(target, runner, calls, load_s, mem["peak_bytes"])
+
+
+def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> dict[str, Any]:
+    t = loaded.target
+    return {
+        "name": t.name,
+        "backend": t.backend,
+        "precision": t.precision,
+        "form": t.form,
+        "device": config.device,
+        "artifact": str(t.artifact) if t.artifact else None,
+        "artifact_bytes": t.artifact.stat().st_size if t.artifact else None,
+        "params": t.params,
+        "macs": t.macs,
+        "miou": t.miou,
+        "miou_source": t.miou_source,
+        "load_s": loaded.load_s,
+        "export_s": t.export_s,
+        "peak_mem_bytes": loaded.peak_mem_bytes,
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+
+
+def _add_ratios(results: list[dict[str, Any]], peak: float) -> None:
+    """Speed-up over the baseline at the same batch, and the roofline floor: 2*MACs / peak FLOP/s."""
+    base = {r["batch"]: r["p50_ms"] for res in results if res["name"] == BASELINE for r in res["runs"]}
+    for res in results:
+        for run in res["runs"]:
+            run["speedup_vs_baseline"] = base[run["batch"]] / run["p50_ms"] if run["batch"] in base else None
+            floor = 2 * res["macs"] * run["batch"] / peak * 1e3 if res["macs"] else None
+            run["compute_floor_ms"] = floor
+            run["x_over_floor"] = run["p50_ms"] / floor if floor else None
+
+
+def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
+    """Plan, measure every target that can run, and return the report (schema `rcr-deploy-bench/1`)."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rcr-bench-") as tmp:
+            targets, skipped, model_info = plan(config, Path(tmp))
+            peak = peak_flops(config.device)
+            rng = np.random.default_rng(config.seed)
+            shape = (model_info["in_channels"], config.size, config.size)
+            inputs = {b: rng.standard_normal((b, *shape), dtype=np.float32) for b in config.batches}
+            loaded = []
+            for target in tqdm(targets, desc="loading and warming up", unit="backend"):
+                try:
+                    loaded.append(_load(target, config, inputs))
+                except RcrError:
+                    raise
+                except Exception as e:  # e.g. torch.compile without a working C++ toolchain
+                    if target.name == BASELINE:
+                        raise
+                    skipped.append({"name": target.name, "reason": f"failed to run: {str(e).strip().splitlines()[0][:200]}"})
+            stats = {
+                b: time_interleaved({item.target.name: item.calls[b] for item in loaded}, b, config.iters, config.max_seconds)
+                for b in config.batches
+            }
+            results = [_result(item, config, [stats[b][item.target.name] for b in config.batches]) for item in loaded]
+            for item in loaded:
+                item.runner.close()
+    finally:
+        torch.set_num_threads(previous_threads)
+    _add_ratios(results, peak)
+    info = machine_info(config.threads)
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": info,
+        "peak_gflops": peak / 1e9,
+        "config": {
+            "size": config.size,
+            "batches": config.batches,
+            "threads": config.threads,
+            "warmup": config.warmup,
+            "iters": config.iters,
+            "max_seconds": config.max_seconds,
+            "device": config.device,
+            "cuda_graphs": config.cuda_graphs,
+        },
+        "model": model_info,
+        "baseline": BASELINE,
+        "results": results,
+        "skipped": skipped,
+    }

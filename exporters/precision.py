@@ -1,0 +1,253 @@
+"""Precision lives in the artifact: FP16 weights and ops, or INT8 Q/DQ nodes (DESIGN principle 1).
+
+FP16: every float32 initializer becomes float16 and the graph computes in float16 between a
+Cast after the input and a Cast before the output, so callers keep feeding and reading float32.
+
+INT8: ONNX Runtime's `quantize_static` in QDQ format, configured the way TensorRT consumes
+explicit quantisation: symmetric int8 activations and weights, per-channel weight scales (fused
+RCR kernels have wide per-channel ranges), Q/DQ pairs on the float weights, biases left float,
+and no Q/DQ on the graph output or around Sigmoid / Softmax / Resize.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
+
+from rcr_deploy.errors import DataError, ExportError
+from rcr_deploy.preprocess import IMAGE_EXTENSIONS, load_image, preprocess
+
+from exporters.onnx import INPUT_NAME, OUTPUT_NAME
+
+FP16_MAX = float(np.finfo(np.float16).max)
+#: Op types that must stay un-quantised (TensorRT runs them in float; Q/DQ there costs accuracy).
+NO_QDQ_OPS = ("Sigmoid", "Softmax", "Resize")
+#: Op types whose inputs get Q/DQ: the compute-heavy ones TensorRT fuses with Q/DQ.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Add", "Concat", "AveragePool", "Relu", "Mul", "ReduceMean")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: Default calibration images per method. MinMax keeps two scalars per tensor and image; the
+#: histogram methods keep every activation of every image in memory (~77 MiB per image for the
+#: full RCRNet at 224x224), so they default to fewer.
+DEFAULT_CALIB_COUNT = {"minmax": 128, "entropy": 32, "percentile": 32}
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """An FP16-compute copy of an FP32 graph with FP32 input and output."""
+    model = copy.deepcopy(proto)
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            arr = numpy_helper.to_array(init)
+            if np.abs(arr).max(initial=0.0) > FP16_MAX:
+                raise ExportError(f"initializer {init.name} exceeds the float16 range; export FP32 or INT8 instead")
+            init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), init.name))
+    for node in graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute):
+            raise ExportError(f"node {node.name} casts to float32 inside the graph; the FP16 converter cannot place it")
+        for attr in node.attribute:  # Constant nodes carry float tensors as attributes
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+    fp16_in, fp16_out = f"{INPUT_NAME}_fp16", f"{OUTPUT_NAME}_fp16"
+    for node in graph.node:
+        node.input[:] = [fp16_in if name == INPUT_NAME else name for name in node.input]
+        node.output[:] = [fp16_out if name == OUTPUT_NAME else name for name in node.output]
+    graph.node.insert(0, helper.make_node("Cast", [INPUT_NAME], [fp16_in], name="cast_input_fp16", to=TensorProto.FLOAT16))
+    graph.node.append(helper.make_node("Cast", [fp16_out], [OUTPUT_NAME], name="cast_logits_fp32", to=TensorProto.FLOAT))
+    # Intermediate type annotations still say float32; let shape inference redo them.
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model)
+    return model
+
+
+def list_images(folder: str | os.PathLike, what: str = "calibration") -> list[Path]:
+    """Image files directly in `folder`, sorted; a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such {what} folder; pass a folder of images")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(
+            f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this {what} folder; add some of your own photos"
+        )
+    return images
+
+
+def load_batch(paths: list[Path], size: tuple[int, int], in_channels: int) -> np.ndarray:
+    """Preprocess images exactly as inference does (letterbox, normalise, zero prior): NCHW float32."""
+    if size[0] != size[1]:
+        raise ExportError(f"real-image inputs need a square size, got {size[0]}x{size[1]}")
+    return np.concatenate([preprocess(load_image(p), size[0], in_channels=in_channels)[0] for p in paths])
+
+
+class _ImageReader:
+    """onnxruntime CalibrationDataReader over preprocessed images, one per call, with a progress bar."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], in_channels: int, progress: bool) -> None:
+        self.paths, self.size, self.in_channels = paths, size, in_channels
+        self.bar = tqdm(total=len(paths), desc="int8 calibration", unit="img", disable=not progress, leave=False)
+        self._iter = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for path in self.paths:
+            yield {INPUT_NAME: load_batch([path], self.size, self.in_channels)}
+            self.bar.update(1)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = self._batches()
+
+
+def quantize_int8(
+    fp32: onnx.ModelProto,
+    calib_images: list[Path],
+    size: tuple[int, int],
+    in_channels: int,
+    method: str = "minmax",
+    progress: bool = True,
+) -> onnx.ModelProto:
+    """An INT8 Q/DQ model calibrated on `calib_images` (see the module docstring for the config)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ExportError(f"unknown calibration method {method!r}; use one of {', '.join(CALIB_METHODS)}")
+    present = {n.op_type for n in fp32.graph.node}
+    reader = _ImageReader(calib_images, size, in_channels, progress)
+    with tempfile.TemporaryDirectory(prefix="rcr-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(fp32, str(src))
+        try:
+            quantize_static(
+                str(src),
+                str(dst),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=[op for op in QUANTIZED_OPS if op in present],
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "AddQDQPairToWeight": True,
+                    "QuantizeBias": False,
+                    "DedicatedQDQPair": False,
+                    # Keep Relu explicit: TensorRT fuses Conv+Relu itself, and removing it would
+                    # let a symmetric int8 range waste half its codes on negatives.
+                    "QDQKeepRemovableActivations": True,
+                    "CalibTensorRangeSymmetric": True,
+                    # Not CalibMaxIntermediateOutputs: ORT 1.32 drops (not merges) each full chunk.
+                },
+                calibration_providers=["CPUExecutionProvider"],
+            )
+        except DataError:
+            raise
+        except Exception as e:
+            raise ExportError(f"INT8 quantisation failed: {str(e).splitlines()[0]}; rerun with --debug") from e
+        finally:
+            reader.bar.close()
+        model = onnx.load_model(str(dst))
+    strip_float_boundaries(model)
+    check_qdq_placement(model)
+    return model
+
+
+def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
+def strip_float_boundaries(model: onnx.ModelProto) -> None:
+    """Bypass the Q -> DQ pairs that ONNX Runtime puts on the graph output and around
+    Sigmoid/Softmax/Resize, then drop the Q/DQ nodes left unused. TensorRT then keeps those
+    tensors in float instead of rounding logits or attention weights to int8."""
+    graph = model.graph
+    producers, consumers = _index(graph)
+
+    def float_source(name: str) -> str | None:
+        dq = producers.get(name)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+    for node in graph.node:
+        if node.op_type not in NO_QDQ_OPS:
+            continue
+        node.input[:] = [float_source(name) or name for name in node.input]
+        for out in node.output:
+            for q in (c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"):
+                for dq in (c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"):
+                    for user in consumers.get(dq.output[0], []):
+                        user.input[:] = [out if name == dq.output[0] else name for name in user.input]
+    for output in graph.output:
+        source = float_source(output.name)
+        if source is not None:  # the float tensor takes the output's name; its Q reads it there
+            for node in graph.node:
+                node.output[:] = [output.name + "_qdq_unused" if n == output.name else n for n in node.output]
+                node.output[:] = [output.name if n == source else n for n in node.output]
+                node.input[:] = [output.name if n == source else n for n in node.input]
+    while True:  # prune Q/DQ whose outputs nobody reads
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:  # their scales and zero points
+        graph.initializer.remove(init)
+
+
+def check_qdq_placement(model: onnx.ModelProto) -> dict[str, int]:
+    """Raise `ExportError` unless the Q/DQ layout is the TensorRT one; return Q/DQ counts.
+
+    Checked: every Q/DQ is int8 with zero point 0 (symmetric); every Conv weight is a per-channel
+    Q -> DQ pair on a float initializer; no bias is quantised; the graph output and the inputs and
+    outputs of Sigmoid/Softmax/Resize carry no Q/DQ."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers, consumers = _index(graph)
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        raise ExportError("INT8 model has no Q/DQ nodes; nothing was quantised")
+    for node in qdq:
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zp is None or zp.data_type != TensorProto.INT8 or numpy_helper.to_array(zp).any():
+            raise ExportError(f"{node.name}: Q/DQ is not symmetric int8 (zero point must be int8 zeros)")
+    for node in graph.node:
+        if node.op_type == "Conv":
+            dq = producers.get(node.input[1])
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+                raise ExportError(f"{node.name}: weight is not a Q/DQ pair on a float initializer")
+            if numpy_helper.to_array(inits[q.input[1]]).size < 2 and inits[q.input[0]].dims[0] > 1:
+                raise ExportError(f"{node.name}: weight is quantised per tensor; per-channel scales are required")
+            if len(node.input) > 2 and node.input[2] not in inits:
+                raise ExportError(f"{node.name}: bias is quantised; biases must stay float")
+        if node.op_type in NO_QDQ_OPS:
+            touched = [producers.get(i) for i in node.input] + [c for o in node.output for c in consumers.get(o, [])]
+            if any(n is not None and n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in touched):
+                raise ExportError(f"{node.name}: Q/DQ around {node.op_type}; it must run in float")
+    for output in graph.output:
+        producer = producers.get(output.name)
+        if producer is not None and producer.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            raise ExportError(f"graph output {output.name} is produced by {producer.op_type}; outputs must stay float")
+    return {
+        "QuantizeLinear": sum(n.op_type == "QuantizeLinear" for n in qdq),
+        "DequantizeLinear": sum(n.op_type == "DequantizeLinear" for n in qdq),
+    }

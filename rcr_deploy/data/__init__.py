@@ -1,0 +1,1 @@
+"""Datasets, augmentation and fake prior masks for training and evaluation."""

@@ -1,0 +1,197 @@
+"""`rcr-deploy demo`: the whole main job in one command, offline, on the built-in model.
+
+built-in model -> export FP32 + INT8 (which verifies the re-parameterisation, validates each
+artifact and measures its accuracy) -> benchmark the backends this machine has -> segment the
+sample image and a generated clip -> one report folder.
+
+Like cli.py, this sits above `exporters` and `benchmarks` and calls their public functions
+(imported inside `run_demo`); the rest of the core never imports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rcr_deploy.checkpoint import default_checkpoint
+from rcr_deploy.data import synthetic
+from rcr_deploy.fileio import write_text_atomic
+from rcr_deploy.infer import MemorySink, Segmenter, infer, run, write_png
+from rcr_deploy.preprocess import load_image
+from rcr_deploy.runtime import load_runner
+from rcr_deploy.video import VideoSource, stability, write_video
+
+#: A generated portrait shipped with the package (see `sample_image`); no dataset image is shipped.
+SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample-portrait.png"
+SAMPLE_SEED = 7
+SAMPLE_SIZE = (320, 240)
+CALIB_IMAGES = 32  # generated portraits for INT8 calibration (plus the sample image)
+VAL_IMAGES = 16  # generated portraits with exact masks: the accuracy column
+CLIP_FRAMES = 48
+CLIP_SIZE = (240, 320)
+CLIP_FPS = 15.0
+BENCH_BACKENDS = ["torch-deploy", "onnxruntime-fp32", "onnxruntime-int8"]
+
+
+def sample_image() -> np.ndarray:
+    """The shipped sample portrait, regenerated bit for bit by `make_sample_image`."""
+    return load_image(SAMPLE_IMAGE)
+
+
+def make_sample_image(path: Path = SAMPLE_IMAGE) -> Path:
+    """(Re)create the shipped sample: `synthetic.sample_portrait` at SAMPLE_SIZE, seed SAMPLE_SEED."""
+    rgb, _ = synthetic.sample_portrait(*SAMPLE_SIZE, seed=SAMPLE_SEED)
+    return write_png(path, rgb)
+
+
+@dataclasses.dataclass
+class DemoResult:
+    out_dir: Path
+    index: Path
+    seconds: dict[str, float]
+    bench: dict[str, Any]
+    stability: dict[str, dict[str, float]]
+
+
+def _write_dataset(root: Path, n: int, seed: int, with_masks: bool) -> Path:
+    """Generated portraits as a folder (images/ and, for validation, masks/)."""
+    for i, (rgb, mask) in enumerate(synthetic.portraits(n, *SAMPLE_SIZE, seed=seed)):
+        write_png(root / "images" / f"gen{i:03d}.png", rgb)
+        if with_masks:
+            write_png(root / "masks" / f"gen{i:03d}.png", mask * 255)
+    return root
+
+
+def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+    """Run every step into `out_dir` (overwriting an earlier demo's files) and write `out_dir/README.md`."""
+    from benchmarks.harness import BenchConfig, run_bench
+    from benchmarks.plot import plot_speed_accuracy
+    from benchmarks.report import write_json, write_markdown
+    from exporters.pipeline import export
+
+    out_dir = Path(out_dir)
+    ckpt = default_checkpoint() if ckpt is None else Path(ckpt)  # a missing built-in model fails before any work
+    seconds: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def lap(name: str, t0: float) -> None:
+        seconds[name] = round(time.perf_counter() - t0, 1)
+
+    with tempfile.TemporaryDirectory(prefix="rcr-demo-") as tmp:
+        t0 = time.perf_counter()
+        calib = _write_dataset(Path(tmp) / "calib", CALIB_IMAGES, seed=1, with_masks=False)
+        write_png(calib / "images" / "sample.png", sample_image())
+        val = _write_dataset(Path(tmp) / "val", VAL_IMAGES, seed=2, with_masks=True)
+        lap("generate data", t0)
+        log(f"[1/4] export FP32 + INT8 (INT8 calibrated on {CALIB_IMAGES} generated portraits and the sample image)")
+        t0 = time.perf_counter()
+        exported = export(ckpt, out_dir / "export", precisions=("fp32", "int8"), calib=calib / "images", val=val, force=True, progress=progress)
+        lap("verify + export", t0)
+
+    log("[2/4] benchmark (short run)")
+    t0 = time.perf_counter()
+    config = BenchConfig(backends=BENCH_BACKENDS, out_dir=out_dir / "export", ckpt=ckpt, warmup=2, iters=15, max_seconds=2.0)
+    bench = run_bench(config, command="rcr-deploy demo")
+    if importlib.util.find_spec("tensorrt") is None:
+        bench["skipped"].append({"name": "tensorrt", "reason": "TensorRT is not installed (pip install rcr-deploy[tensorrt] on a Linux GPU machine)"})
+    write_json(bench, out_dir / "bench.json")
+    write_markdown(bench, out_dir / "bench.md")
+    plot_speed_accuracy(bench, out_dir / "speed-accuracy.png")
+    lap("benchmark", t0)
+
+    log("[3/4] segment the sample image with each artifact")
+    t0 = time.perf_counter()
+    sample_path = out_dir / "sample.png"
+    write_png(sample_path, sample_image())
+    for precision, artifact in exported.artifacts.items():
+        infer(str(sample_path), load_runner(artifact), out_dir / precision, save="before-after,overlay,cutout", background="blur", progress=False)
+    lap("segment sample", t0)
+
+    log(f"[4/4] segment a generated {CLIP_FRAMES}-frame clip (temporal prior on, and off for comparison)")
+    t0 = time.perf_counter()
+    fp32 = Segmenter(load_runner(exported.artifacts["fp32"]))
+    frames = list(synthetic.video(CLIP_FRAMES, *CLIP_SIZE, seed=SAMPLE_SEED))
+    clip = write_video(out_dir / "clip.mp4", [f for f, _ in frames], fps=CLIP_FPS)
+    result = infer(str(clip), fp32.runner, out_dir, save="overlay", prior=True, progress=progress)
+    masks = [m for _, m in frames]
+    scores: dict[str, dict[str, float]] = {}
+    for prior in (True, False):
+        sink = MemorySink()
+        run(VideoSource(clip), fp32, sink, prior=prior, progress=False)
+        scores["prior on" if prior else "prior off"] = dataclasses.asdict(stability(sink.probs, masks))
+    write_text_atomic(out_dir / "stability.json", json.dumps(scores, indent=2) + "\n")
+    lap("segment clip", t0)
+    seconds["total"] = round(time.perf_counter() - t_start, 1)
+
+    index = out_dir / "README.md"
+    write_text_atomic(index, _index(exported, bench, scores, result.timings.summary(), seconds))
+    return DemoResult(out_dir, index, seconds, bench, scores)
+
+
+def _index(exported: Any, bench: dict[str, Any], scores: dict[str, dict[str, float]], clip_timing: str, seconds: dict[str, float]) -> str:
+    """The report folder's front page."""
+    from benchmarks.report import COLUMNS, rows
+
+    checks = {v["stage"]: v for v in exported.validation}
+    reparam = checks["reparameterize"]["checks"]
+    lines = [
+        "# rcr-deploy demo report",
+        "",
+        f"Model: `{bench['model']['checkpoint']}` ({bench['model']['arch']}, sha256 {bench['model']['sha256'][:12]}). "
+        f"Machine: {bench['machine']['cpu']}, {bench['machine']['cores']} cores, {bench['config']['threads']} threads. "
+        f"Total {seconds['total']} s ({', '.join(f'{k} {v} s' for k, v in seconds.items() if k != 'total')}).",
+        "",
+        "## Checks",
+        "",
+        f"- re-parameterisation: deploy form equals train form in {len(reparam)} check(s) "
+        f"({', '.join(sorted({c['dtype'] for c in reparam}))}), worst relative error {max(c['max_rel'] for c in reparam):.1e}",
+    ]
+    for precision in ("fp32", "int8"):
+        v = checks[precision]
+        agreement = f", mask agreement {v['mask_agreement']:.2%}" if v.get("mask_agreement") is not None else ""
+        lines.append(f"- {precision} ONNX vs {v['reference']}: max abs error {v['max_abs']:.2e}{agreement}")
+    lines += [
+        "",
+        "## Size, accuracy, latency",
+        "",
+        f"mIoU is the foreground IoU on {VAL_IMAGES} *generated* portraits with exact masks (not EG1800, which "
+        "is not shipped); the torch rows share the FP32 artifact's figure (same weights, export verified it). "
+        "Full page with versions: [bench.md](bench.md); raw: [bench.json](bench.json).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + " --- |" * 2 + " ---: |" * (len(COLUMNS) - 2),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(bench)]
+    lines += [""] + [f"- skipped {s['name']}: {s['reason']}" for s in bench["skipped"]]
+    lines += [
+        "",
+        "![speed-accuracy](speed-accuracy.png)",
+        "",
+        "## Sample image",
+        "",
+        "Generated by `rcr_deploy.data.synthetic` (no dataset image is shipped). Input, overlay and blurred "
+        "background, FP32 artifact:",
+        "",
+        "![before-after](fp32/sample_before-after.png)",
+        "",
+        "Per artifact: " + ", ".join(f"[{p}/]({p}/) (before-after, overlay, RGBA cut-out)" for p in exported.artifacts),
+        "",
+        "## Clip and temporal stability",
+        "",
+        f"Input [clip.mp4](clip.mp4) ({CLIP_FRAMES} generated frames with exact masks), output "
+        f"[clip_overlay.mp4](clip_overlay.mp4), FP32 artifact, prior on: {clip_timing}.",
+        "",
+        "| | consecutive-mask IoU | ground truth's | flicker (mean gap) | foreground IoU |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in scores.items():
+        lines.append(f"| {name} | {s['pred_consecutive_iou']:.4f} | {s['gt_consecutive_iou']:.4f} | {s['flicker']:.4f} | {s['fg_iou']:.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,138 @@
+"""mIoU of any model or artifact on a dataset folder, through the Runner interface.
+
+Each image is letterboxed to the model size with `rcr_deploy.preprocess` (prior channel zeros:
+still images), the foreground probability is mapped back onto the original frame with
+`preprocess.unletterbox`, and scored against the mask at the mask's own resolution. Scoring at
+the original resolution is what a user sees; scoring a letterboxed mask would also count the
+grey padding as easy background.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rcr_deploy.data.folder import list_pairs, load_pair
+from rcr_deploy.metrics import ImageScore, IoUMeter
+from rcr_deploy.preprocess import INPUT_SIZE, preprocess, unletterbox
+from rcr_deploy.runtime import Runner
+
+
+@dataclasses.dataclass
+class EvalReport:
+    """Both mIoU conventions over `n_images` images, and each image's scores."""
+
+    fg_miou: float
+    class_miou: float
+    n_images: int
+    per_image: list[ImageScore]
+    model: str = ""
+    data: str = ""
+    split: str | None = None
+    size: int = INPUT_SIZE
+
+    def worst(self, k: int) -> list[ImageScore]:
+        """The k images with the lowest foreground IoU."""
+        return sorted(self.per_image, key=lambda s: s.fg_iou)[:k]
+
+
+def foreground_prob(logits: np.ndarray) -> np.ndarray:
+    """NxCxHxW logits -> NxHxW person probability (softmax over classes; class 1 = person)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e[:, 1] / e.sum(axis=1)
+
+
+def predict(runner: Runner, rgbs: list[np.ndarray], size: int = INPUT_SIZE) -> list[np.ndarray]:
+    """Person probability at each frame's own resolution, for a batch of RGB frames."""
+    inputs, boxes = zip(*(preprocess(rgb, size, in_channels=runner.in_channels) for rgb in rgbs))
+    probs = foreground_prob(runner.infer(np.concatenate(inputs)))
+    return [unletterbox(p, box) for p, box in zip(probs, boxes)]
+
+
+def evaluate(
+    runner: Runner,
+    data_dir: str | os.PathLike,
+    size: int = INPUT_SIZE,
+    limit: int | None = None,
+    split: str | os.PathLike | None = None,
+    progress: bool = True,
+    batch: int = 8,
+) -> EvalReport:
+    """Score `runner` on the image/mask pairs of `data_dir` (see `data.folder.list_pairs`)."""
+    pairs = list_pairs(data_dir, split)[:limit]
+    meter = IoUMeter()
+    bar = tqdm(total=len(pairs), desc=f"eval {runner.name}", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        loaded = [load_pair(p) for p in chunk]
+        for pair, (_, mask), prob in zip(chunk, loaded, predict(runner, [rgb for rgb, _ in loaded], size)):
+            meter.add(pair.stem, prob, mask)
+        bar.update(len(chunk))
+    bar.close()
+    return EvalReport(
+        fg_miou=meter.fg_miou,
+        class_miou=meter.class_miou,
+        n_images=len(meter.per_image),
+        per_image=meter.per_image,
+        model=runner.name,
+        data=str(data_dir),
+        split=None if split is None else str(split),
+        size=size,
+    )
+
+
+def write_per_image_csv(report: EvalReport, path: str | os.PathLike) -> Path:
+    """One row per image: stem, foreground IoU, class-mean IoU (written atomically)."""
+    from rcr_deploy.fileio import write_text_atomic
+
+    rows = ["stem,fg_iou,class_iou"] + [f"{s.stem},{s.fg_iou:.6f},{s.class_iou:.6f}" for s in report.per_image]
+    write_text_atomic(path, "\n".join(rows) + "\n")
+    return Path(path)
+
+
+#: Overlay colours (RGB): person found, background called person, person missed.
+HIT, FALSE_FG, MISSED = (40, 200, 80), (230, 40, 40), (40, 90, 255)
+
+
+def overlay(rgb: np.ndarray, prob: np.ndarray, mask: np.ndarray, caption: str) -> np.ndarray:
+    """The image tinted where the model is right (green), wrong (red: false person; blue:
+    missed person), captioned."""
+    import cv2
+
+    pred, gt = prob > 0.5, mask.astype(bool)
+    out = rgb.astype(np.float32)
+    for region, colour in ((pred & gt, HIT), (pred & ~gt, FALSE_FG), (~pred & gt, MISSED)):
+        out[region] = 0.55 * out[region] + 0.45 * np.asarray(colour, np.float32)
+    out = out.round().astype(np.uint8)
+    font = max(out.shape[1] / 700, 0.35)  # the caption spans about 2/3 of the width
+    (_, text_h), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+    out[: text_h + base + 8] = 0
+    cv2.putText(out, caption, (4, text_h + 4), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def write_worst(
+    report: EvalReport, runner: Runner, k: int, out_dir: str | os.PathLike, split: str | os.PathLike | None = None
+) -> list[Path]:
+    """Overlay pictures of the k images with the lowest foreground IoU, worst first."""
+    import cv2
+
+    from rcr_deploy.fileio import atomic_path
+
+    pairs = {p.stem: p for p in list_pairs(report.data, split)}
+    written = []
+    for rank, score in enumerate(report.worst(k), 1):
+        rgb, mask = load_pair(pairs[score.stem])
+        (prob,) = predict(runner, [rgb], report.size)
+        caption = f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}, class IoU {score.class_iou:.3f}"
+        path = Path(out_dir) / f"{rank:02d}-{score.stem}.png"
+        with atomic_path(path) as tmp:
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(overlay(rgb, prob, mask, caption), cv2.COLOR_RGB2BGR))
+            tmp.write_bytes(buf.tobytes())
+        written.append(path)
+    return written

@@ -1,0 +1,563 @@
+"""Segment images, folders, videos and cameras with any model, through the Runner interface.
+
+Frames flow through three threads joined by bounded queues:
+
+    decode + letterbox  ──►  prior + normalise, model, map back to the frame  ──►  compose + encode
+
+On video the previous frame's person mask (probability > 0.5, as in training, where the prior is
+a moved copy of a ground-truth mask) feeds the model's 4th channel, so frame t's model input
+needs frame t-1's output: only decoding, letterboxing, compositing and encoding
+can overlap the model. `pipelined=False` runs the same stages in one thread (for comparison,
+see benchmarks/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rcr_deploy import preprocess
+from rcr_deploy.errors import DataError, RcrError
+from rcr_deploy.evaluate import foreground_prob
+from rcr_deploy.fileio import atomic_path
+from rcr_deploy.metrics import THRESHOLD
+from rcr_deploy.runtime import Runner, load_runner, manifest_path
+from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
+
+#: Per-frame stages, in pipeline order, as reported by `Timings`.
+STAGES = ("decode", "preprocess", "model", "postprocess", "compose", "encode")
+#: What `infer` can write for each frame.
+OUTPUTS = ("mask", "cutout", "background", "overlay", "before-after")
+OVERLAY_RGB = (255, 40, 160)
+_QUEUE = 4  # frames in flight per queue: enough to hide jitter, little memory
+
+
+# ------------------------------------------------------------------------------------ segmenter
+
+
+def _manifest_input(runner: Runner) -> dict[str, Any] | None:
+    """The input spec recorded in the artifact's manifest (None for a checkpoint)."""
+    if runner.manifest is None:
+        path = getattr(runner, "path", None)
+        if path is not None:  # an artifact file without its manifest: its preprocessing is unknown
+            raise RcrError(
+                f"{path}: no manifest (no {manifest_path(Path(path)).name} beside it, none embedded), so its input "
+                "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"
+            )
+        return None
+    spec = runner.manifest.get("input", {})
+    expected = preprocess.input_spec()
+    for key in ("mean", "std", "pad_value"):
+        if key in spec and not np.allclose(spec[key], expected[key]):
+            raise RcrError(
+                f"{runner.name}: manifest asks for {key} {spec[key]}, but this rcr-deploy normalises with "
+                f"{expected[key]}; re-export the artifact with this version"
+            )
+    return spec
+
+
+class Segmenter:
+    """A runner plus its input spec: RGB frame (+ previous mask) -> person probability."""
+
+    def __init__(self, runner: Runner, feather: float = 0.0, size: int | None = None) -> None:
+        self.runner = runner
+        spec = _manifest_input(runner)
+        if size is None:
+            size = int(spec["size"][0]) if spec and "size" in spec else preprocess.INPUT_SIZE
+        self.size = size
+        self.in_channels = runner.in_channels
+        self.feather = feather
+
+    def letterbox(self, rgb: np.ndarray) -> tuple[np.ndarray, preprocess.Letterbox]:
+        """The part of preprocessing that needs no prior (runs on the decode thread)."""
+        return preprocess.letterbox(rgb, self.size)
+
+    def model_input(self, resized: np.ndarray, box: preprocess.Letterbox, prior: np.ndarray | None) -> np.ndarray:
+        prior_s = None if prior is None else preprocess.letterbox_mask(prior, box)
+        return preprocess.normalize(resized, prior_s, self.in_channels)[None]
+
+    def probability(self, logits: np.ndarray, box: preprocess.Letterbox) -> np.ndarray:
+        """Model logits -> person probability at the frame's resolution."""
+        return preprocess.unletterbox(foreground_prob(logits)[0], box)
+
+    def alpha(self, prob: np.ndarray) -> np.ndarray:
+        """The matte written out: the thresholded mask, with edges feathered by a Gaussian."""
+        hard = (prob > THRESHOLD).astype(np.float32)
+        return cv2.GaussianBlur(hard, (0, 0), self.feather) if self.feather > 0 else hard
+
+    def segment(self, rgb: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """One frame -> HxW person probability (no threads; for scripts and tests)."""
+        resized, box = self.letterbox(rgb)
+        return self.probability(self.runner.infer(self.model_input(resized, box, prior)), box)
+
+
+# ---------------------------------------------------------------------------------- compositing
+
+
+class Background:
+    """`--background`: an image (resized to each frame), 'blur', or a '#RRGGBB' colour."""
+
+    def __init__(self, spec: str) -> None:
+        self.colour: tuple[int, ...] | None = None
+        self.image: np.ndarray | None = None
+        if spec == "blur":
+            return
+        if spec.startswith("#"):
+            try:
+                self.colour = tuple(bytes.fromhex(spec[1:]))
+            except ValueError:
+                pass
+            if self.colour is None or len(self.colour) != 3:
+                raise RcrError(f"--background {spec}: not a colour; write it as #RRGGBB, e.g. #00B140")
+            return
+        if not Path(spec).is_file():
+            raise DataError(f"--background {spec}: no such image file; pass an image, 'blur' or a #RRGGBB colour")
+        self.image = preprocess.load_image(spec)
+        self._resized: dict[tuple[int, int], np.ndarray] = {}
+
+    def for_frame(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if self.colour is not None:
+            return np.broadcast_to(np.asarray(self.colour, np.uint8), rgb.shape)
+        if self.image is None:  # a wide blur, computed at a quarter of the size: ~20x cheaper, same look
+            small = cv2.resize(rgb, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+            small = cv2.GaussianBlur(small, (0, 0), max(0.5, 0.005 * max(h, w)))
+            return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        if (h, w) not in self._resized:  # an image of another size is stretched to the frame
+            self._resized[(h, w)] = cv2.resize(self.image, (w, h), interpolation=cv2.INTER_AREA)
+        return self._resized[(h, w)]
+
+
+def compose(rgb: np.ndarray, alpha: np.ndarray, mode: str, background: Background | None = None) -> np.ndarray:
+    """One output picture: 'mask' (HxW grey), 'cutout' (HxWx4 RGBA), 'background' or 'overlay' (RGB),
+    or 'before-after': the input beside its overlay (and its new background, when there is one)."""
+    if mode == "mask":
+        return (alpha * 255.0 + 0.5).astype(np.uint8)
+    if mode == "cutout":
+        return np.dstack([rgb, (alpha * 255.0 + 0.5).astype(np.uint8)])
+    if mode == "background":
+        assert background is not None, "background mode needs a Background"
+        return _blend(rgb, background.for_frame(rgb), alpha)
+    if mode == "overlay":
+        tint = np.empty_like(rgb)
+        tint[:] = OVERLAY_RGB
+        out = _blend(cv2.addWeighted(rgb, 0.55, tint, 0.45, 0.0), rgb, alpha)
+        contours, _ = cv2.findContours((alpha > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, OVERLAY_RGB, max(1, round(min(rgb.shape[:2]) / 200)), cv2.LINE_AA)
+        return out
+    if mode == "before-after":
+        after = ["overlay"] + (["background"] if background is not None else [])
+        return np.concatenate([rgb] + [compose(rgb, alpha, m, background) for m in after], axis=1)
+    raise ValueError(f"unknown output mode {mode!r}")
+
+
+def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """alpha * fg + (1 - alpha) * bg for uint8 RGB pictures (float32: full frames stay cheap)."""
+    base = bg.astype(np.float32)
+    return (base + alpha[..., None] * (fg.astype(np.float32) - base) + 0.5).astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
+    """Write an RGB, RGBA or grey picture as PNG, atomically."""
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, data = cv2.imencode(".png", picture)
+    if not ok:
+        raise RcrError(f"{path}: OpenCV could not encode the PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------- the stages
+
+
+@dataclasses.dataclass
+class Frame:
+    """One frame on its way through the pipeline."""
+
+    name: str
+    rgb: np.ndarray
+    resized: np.ndarray | None = None
+    box: preprocess.Letterbox | None = None
+    prob: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    pictures: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Timings:
+    """Where the time went: seconds per stage summed over frames, and the wall-clock total."""
+
+    frames: int = 0
+    wall_s: float = 0.0
+    stage_s: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    pipelined: bool = True
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def ms_per_frame(self) -> dict[str, float]:
+        return {k: 1000.0 * v / max(self.frames, 1) for k, v in self.stage_s.items()}
+
+    def summary(self) -> str:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.ms_per_frame().items())
+        mode = "pipelined" if self.pipelined else "one thread"
+        return f"{self.frames} frames in {self.wall_s:.2f} s = {self.fps:.1f} FPS ({mode}); ms/frame: {stages}"
+
+
+class Sink(Protocol):
+    """Where composed frames go: PNG files, video files, or memory."""
+
+    modes: tuple[str, ...]
+
+    def write(self, frame: Frame) -> None: ...
+    def commit(self) -> list[Path]: ...
+    def discard(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """Raised inside a worker thread when another stage failed."""
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+    raise _Stopped
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    raise _Stopped
+
+
+_END = object()
+
+
+def run(
+    frames: Iterable[tuple[str, np.ndarray]],
+    segmenter: Segmenter,
+    sink: Sink,
+    prior: bool = False,
+    background: Background | None = None,
+    pipelined: bool = True,
+    total: int | None = None,
+    progress: bool = True,
+    live: bool = False,
+) -> tuple[list[Path], Timings]:
+    """Segment every frame and hand the composed pictures to `sink`; returns its files and timings.
+
+    With `prior`, each frame's model input carries the previous frame's mask (video);
+    otherwise the prior channel is zeros (still images). On any error or Ctrl-C the sink discards
+    its partial files, except for a live camera, where Ctrl-C is how a recording ends.
+    """
+    timings = Timings(pipelined=pipelined)
+    # One accumulator per thread, summed at the end, so no two threads add to the same number.
+    dec, mod, enc = (dict.fromkeys(STAGES, 0.0) for _ in range(3))
+    use_prior = prior and segmenter.in_channels == 4
+    previous: np.ndarray | None = None  # the last frame's mask: the next frame's prior
+
+    def decoded() -> Iterator[Frame]:
+        it = iter(frames)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                name, rgb = next(it)
+            except StopIteration:
+                return
+            t1 = time.perf_counter()
+            frame = Frame(name, rgb)
+            frame.resized, frame.box = segmenter.letterbox(rgb)
+            dec["decode"] += t1 - t0
+            dec["preprocess"] += time.perf_counter() - t1
+            yield frame
+
+    def infer_one(frame: Frame) -> Frame:
+        nonlocal previous
+        t0 = time.perf_counter()
+        x = segmenter.model_input(frame.resized, frame.box, previous if use_prior else None)
+        t1 = time.perf_counter()
+        logits = segmenter.runner.infer(x)
+        t2 = time.perf_counter()
+        frame.prob = segmenter.probability(logits, frame.box)
+        frame.alpha = segmenter.alpha(frame.prob)
+        previous = (frame.prob > THRESHOLD).astype(np.float32)
+        t3 = time.perf_counter()
+        mod["preprocess"] += t1 - t0
+        mod["model"] += t2 - t1
+        mod["postprocess"] += t3 - t2
+        return frame
+
+    def encode_one(frame: Frame) -> None:
+        t0 = time.perf_counter()
+        frame.pictures = {m: compose(frame.rgb, frame.alpha, m, background) for m in sink.modes}
+        t1 = time.perf_counter()
+        sink.write(frame)
+        enc["compose"] += t1 - t0
+        enc["encode"] += time.perf_counter() - t1
+
+    bar = tqdm(total=total, unit="frame", disable=not progress, leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def done_one() -> None:
+        timings.frames += 1
+        bar.update()
+        if timings.frames % 5 == 0:
+            bar.set_postfix_str(f"{timings.frames / (time.perf_counter() - start):.1f} FPS")
+
+    try:
+        try:
+            if pipelined:
+                _run_threads(decoded(), infer_one, encode_one, done_one)
+            else:
+                for frame in decoded():
+                    encode_one(infer_one(frame))
+                    done_one()
+        except KeyboardInterrupt:
+            if not live:
+                raise
+        timings.wall_s = time.perf_counter() - start
+        timings.stage_s = {k: dec[k] + mod[k] + enc[k] for k in STAGES}
+        return sink.commit(), timings
+    except BaseException:
+        sink.discard()
+        raise
+    finally:
+        bar.close()
+
+
+def _run_threads(
+    decoded: Iterator[Frame], infer_one: Callable[[Frame], Frame], encode_one: Callable[[Frame], None], done_one: Callable[[], None]
+) -> None:
+    """decode thread -> (this thread) model -> encode thread, joined by bounded queues."""
+    to_model: queue.Queue = queue.Queue(_QUEUE)
+    to_encode: queue.Queue = queue.Queue(_QUEUE)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(body: Callable[[], None]) -> Callable[[], None]:
+        def wrapped() -> None:
+            try:
+                body()
+            except _Stopped:
+                pass
+            except BaseException as e:  # handed to the main thread, which re-raises it
+                errors.append(e)
+                stop.set()
+
+        return wrapped
+
+    def decode_loop() -> None:
+        for frame in decoded:
+            _put(to_model, frame, stop)
+        _put(to_model, _END, stop)
+
+    def encode_loop() -> None:
+        while (frame := _get(to_encode, stop)) is not _END:
+            encode_one(frame)
+            done_one()
+
+    threads = [threading.Thread(target=worker(f), daemon=True) for f in (decode_loop, encode_loop)]
+    for t in threads:
+        t.start()
+    try:
+        while (frame := _get(to_model, stop)) is not _END:
+            _put(to_encode, infer_one(frame), stop)
+        _put(to_encode, _END, stop)
+        threads[1].join()
+    except _Stopped:
+        pass
+    finally:
+        stop.set()  # normally every stage has finished; on an error this ends the others
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+# ------------------------------------------------------------------------------------- the sinks
+
+
+class ImageSink:
+    """PNG files per frame: OUT/<name>_<mode>.png, each written atomically."""
+
+    def __init__(self, out_dir: Path, modes: tuple[str, ...]) -> None:
+        self.out_dir, self.modes = out_dir, modes
+        self.written: list[Path] = []
+
+    def write(self, frame: Frame) -> None:
+        for mode, picture in frame.pictures.items():
+            self.written.append(write_png(self.out_dir / f"{frame.name}_{mode}.png", picture))
+
+    def commit(self) -> list[Path]:
+        return self.written
+
+    def discard(self) -> None:
+        """Whole pictures already written stay: each is complete."""
+
+
+class VideoSink:
+    """One video per mode: OUT/<stem>_<mode>.mp4, appearing only when the clip is complete."""
+
+    def __init__(self, out_dir: Path, stem: str, modes: tuple[str, ...], fps: float, codec: str = "mp4v") -> None:
+        if "cutout" in modes:
+            raise RcrError("--save cutout: mp4 has no alpha channel; for video use --save mask or --background '#00B140'")
+        self.out_dir, self.stem, self.modes, self.fps, self.codec = out_dir, stem, modes, fps, codec
+        self.writers: dict[str, VideoWriter] = {}
+
+    def write(self, frame: Frame) -> None:
+        for mode, picture in frame.pictures.items():
+            if mode not in self.writers:
+                h, w = picture.shape[:2]
+                writer = VideoWriter(self.out_dir / f"{self.stem}_{mode}.mp4", self.fps, (w, h), self.codec)
+                self.codec = writer.codec  # after a fallback, the other outputs use it without a second note
+                self.writers[mode] = writer
+            if picture.ndim == 2:
+                picture = np.repeat(picture[..., None], 3, axis=2)
+            self.writers[mode].write(picture)
+
+    def commit(self) -> list[Path]:
+        return [w.commit() for w in self.writers.values()]
+
+    def discard(self) -> None:
+        for w in self.writers.values():
+            w.discard()
+
+
+class MemorySink:
+    """Keeps each frame's probability (for the stability metric and tests); writes nothing."""
+
+    modes: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.probs: list[np.ndarray] = []
+
+    def write(self, frame: Frame) -> None:
+        self.probs.append(frame.prob)
+
+    def commit(self) -> list[Path]:
+        return []
+
+    def discard(self) -> None:
+        self.probs.clear()
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+
+@dataclasses.dataclass
+class InferResult:
+    kind: str  # "image", "folder", "video" or "camera"
+    model: str
+    written: list[Path]
+    timings: Timings
+    prior: bool
+
+
+def parse_modes(save: str, background: str | None) -> tuple[str, ...]:
+    """`--save mask,overlay` -> ordered modes; `--background` adds 'background' unless a
+    before-after picture (which shows the new background) is asked for."""
+    modes = [m.strip() for m in save.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in OUTPUTS]
+    if unknown:
+        raise RcrError(f"--save {save}: unknown output {unknown[0]!r}; choose from {', '.join(OUTPUTS)}")
+    if background is not None and "background" not in modes and "before-after" not in modes:
+        modes.append("background")  # --background alone means: write the new background
+    if "background" in modes and background is None:
+        raise RcrError("--save background needs --background IMAGE|blur|#RRGGBB")
+    if not modes:
+        raise RcrError(f"--save is empty; choose from {', '.join(OUTPUTS)}")
+    return tuple(dict.fromkeys(modes))
+
+
+def classify_input(source: str) -> tuple[str, Any]:
+    """INPUT -> ("image", path) | ("folder", [paths]) | ("video", path) | ("camera", index)."""
+    path = Path(source)
+    if not path.exists():
+        if source.isdigit():
+            return "camera", int(source)
+        raise DataError(f"{source}: no such file or folder; pass an image, a folder of images, a video or a camera index")
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in preprocess.IMAGE_EXTENSIONS)
+        if not images:
+            raise DataError(f"{path}: no images ({', '.join(preprocess.IMAGE_EXTENSIONS)}) in this folder; pass a folder of images")
+        return "folder", images
+    suffix = path.suffix.lower()
+    if suffix in preprocess.IMAGE_EXTENSIONS:
+        return "image", path
+    if suffix in VIDEO_EXTENSIONS:
+        return "video", path
+    raise DataError(f"{path}: not an image ({', '.join(preprocess.IMAGE_EXTENSIONS)}) or video ({', '.join(VIDEO_EXTENSIONS)}); convert it")
+
+
+def _images(paths: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    for p in paths:
+        yield p.stem, preprocess.load_image(p)
+
+
+def infer(
+    source: str,
+    model: Runner | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    save: str = "overlay,mask",
+    background: str | None = None,
+    feather: float = 0.0,
+    prior: bool = True,
+    max_frames: int | None = None,
+    codec: str = "mp4v",
+    pipelined: bool = True,
+    progress: bool = True,
+    device: str = "cpu",
+) -> InferResult:
+    """Segment INPUT (image, folder, video file or camera index) and write the chosen outputs.
+
+    `model` is a Runner, or what `load_runner` takes (None: the built-in model); it is loaded
+    only after the input and options have been checked, so a typo fails at once."""
+    modes = parse_modes(save, background)
+    bg = Background(background) if background is not None else None
+    kind, what = classify_input(source)
+    if kind in ("image", "folder"):
+        paths = ([what] if kind == "image" else what)[:max_frames]
+        frames: Iterable[tuple[str, np.ndarray]] = _images(paths)
+        sink: Sink = ImageSink(Path(out_dir), modes)
+        total, use_prior = len(paths), False  # still images: the prior channel stays zeros
+    else:
+        video = VideoSource(what)
+        sink = VideoSink(Path(out_dir), video.label, modes, video.fps, codec)
+        frames, total, use_prior = video, video.frame_count, prior
+        if max_frames:
+            frames = _limit(video, max_frames)
+            total = min(total or max_frames, max_frames)
+    runner = model if isinstance(model, Runner) else load_runner(model, device=device)
+    segmenter = Segmenter(runner, feather=feather)
+    written, timings = run(
+        frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
+        total=total, progress=progress and (kind != "image"), live=kind == "camera",
+    )
+    return InferResult(kind, runner.name, written, timings, use_prior and segmenter.in_channels == 4)
+
+
+def _limit(frames: Iterable[tuple[str, np.ndarray]], n: int) -> Iterator[tuple[str, np.ndarray]]:
+    for i, item in enumerate(frames):
+        if i >= n:
+            return
+        yield item

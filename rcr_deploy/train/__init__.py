@@ -1,0 +1,1 @@
+"""Training: losses and the trainer (single process or torchrun + DistributedDataParallel)."""

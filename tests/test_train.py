@@ -1,0 +1,130 @@
+"""The trainer for real on tiny synthetic data: a short run, bit-exact resume, 2-process DDP on
+gloo through torchrun, and the bad-input paths of `rcr-deploy train`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rcr_deploy.checkpoint import load_checkpoint
+from rcr_deploy.errors import CheckpointError, RcrError
+from rcr_deploy.fileio import sha256_file
+from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError, lr_factor
+from test_data import write_dataset
+
+ARCH = "rcrnet"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # 7 synthetic portraits: id 0 is validation, 6 train (3 steps of 2 per epoch).
+    return write_dataset(tmp_path_factory.mktemp("portraits"), n=7)
+
+
+def config(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), arch=ARCH, size=64, batch=2, epochs=2, workers=0, seed=3, lr=2e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_short_run_learns_and_writes_everything(data, tmp_path):
+    cfg = config(data, tmp_path / "run", epochs=3)
+    result = Trainer(cfg, progress=False).fit()
+    assert result.stopped == "epochs" and result.best is not None
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "last.pt", "best.pt", "history.json", "history.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all(0 <= h["val_fg_miou"] <= 1 and 0 <= h["val_class_miou"] <= 1 and h["val_images"] == 1 for h in history)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best.meta["best"]["val_fg_miou"] == max(h["val_fg_miou"] for h in history)
+    assert best.meta["split_rule"].startswith("sort the ids")
+    assert TrainConfig.load(tmp_path / "run" / "config.json") == cfg  # the config reloads as it was
+
+
+def test_resume_after_interruption_is_bit_exact(data, tmp_path):
+    Trainer(config(data, tmp_path / "whole"), progress=False).fit()
+    # Interrupted mid-way through epoch 2 (step 4 of 6), then resumed to the end.
+    stopped = Trainer(config(data, tmp_path / "cut", max_steps=4), progress=False).fit()
+    assert stopped.stopped == "max_steps"
+    mid = load_checkpoint(tmp_path / "cut" / "last.pt").raw["trainer"]
+    assert (mid["epoch"], mid["step_in_epoch"]) == (1, 1)
+    Trainer(config(data, tmp_path / "cut"), resume=tmp_path / "cut" / "last.pt", progress=False).fit()
+    whole, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("whole", "cut"))
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for a, b in zip(whole["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["trainer"]["global_step"] == resumed["trainer"]["global_step"] == 6
+    assert [h["loss"] for h in whole["trainer"]["history"]] == [h["loss"] for h in resumed["trainer"]["history"]]
+
+
+def test_ddp_two_processes_on_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rcr_deploy"]
+    args = ["train", "--data", str(data), "--out", str(out), "--arch", ARCH, "--size", "64", "--batch", "2",
+            "--epochs", "1", "--workers", "0", "--threads", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = load_checkpoint(out / "last.pt").meta
+    assert meta["world_size"] == 2
+    # 6 training samples shared by 2 ranks: 3 each, in 2 steps of 2 (one process would take 3).
+    assert meta["global_step"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and history[0]["val_images"] == 1  # rank 0 validates, once
+
+
+def test_resume_missing_or_incompatible(data, tmp_path):
+    proc = run_cli("train", "--data", str(data), "--resume", str(tmp_path / "nope.pt"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "nope.pt: no such checkpoint" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    Trainer(config(data, tmp_path / "run", max_steps=1), progress=False).fit()
+    with pytest.raises(CheckpointError, match="trained as 'rcrnet', not 'portraitnet'"):
+        Trainer(config(data, tmp_path / "run", arch="portraitnet"), resume=tmp_path / "run" / "last.pt")
+    # A model without training state (as shipped) cannot be resumed.
+    shipped = tmp_path / "shipped.pt"
+    torch.save({k: v for k, v in torch.load(tmp_path / "run" / "last.pt", weights_only=True).items() if k != "optimizer"}, shipped)
+    with pytest.raises(CheckpointError, match="no training state"):
+        Trainer(config(data, tmp_path / "run"), resume=shipped)
+
+
+def test_bad_dataset_is_exit_2_before_training(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    proc = run_cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "no image/mask pairs" in proc.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_logic_only_gpu_out_of_memory_hints_lower_batch_and_keeps_state(data, tmp_path, monkeypatch):
+    # No GPU here: a forward that raises CUDA's OOM error stands in for one, to test our handling.
+    Trainer(config(data, tmp_path / "run", max_steps=1), progress=False).fit()
+    before = sha256_file(tmp_path / "run" / "last.pt")
+    trainer = Trainer(config(data, tmp_path / "run", batch=4), resume=tmp_path / "run" / "last.pt", progress=False)
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "ddp", oom)
+    with pytest.raises(TrainError, match=r"out of GPU memory at batch 4 .*lower --batch \(e.g. --batch 2\)"):
+        trainer.fit()
+    assert sha256_file(tmp_path / "run" / "last.pt") == before
+
+
+def test_config_rejects_unknown_keys_and_schedule_is_the_papers(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 3, "lrr": 0.1}))
+    with pytest.raises(RcrError, match="unknown config keys lrr"):
+        TrainConfig.load(path)
+    cfg = TrainConfig()
+    assert (cfg.weight_decay, cfg.alpha, cfg.beta) == (5e-4, 1.0, 0.3)
+    assert lr_factor(cfg, 20) == pytest.approx(0.95) and lr_factor(cfg, 10) == pytest.approx(0.95**0.5)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rcr_deploy.fileio import write_text_atomic
@@ -104,7 +105,8 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
     for line in headline(report):
         console.print(f"  {line}")
     for skip in report["skipped"]:
-        console.print(f"  [yellow]skipped[/] {skip['name']}: {skip['reason']}")
+        # Reasons carry install hints like rcr-deploy[tensorrt], which rich would eat as markup.
+        console.print(f"  [yellow]skipped[/] {skip['name']}: {escape(skip['reason'])}")
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -101,7 +101,7 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
     config = BenchConfig(backends=BENCH_BACKENDS, out_dir=out_dir / "export", ckpt=ckpt, warmup=2, iters=15, max_seconds=2.0)
     bench = run_bench(config, command="rcr-deploy demo")
     if importlib.util.find_spec("tensorrt") is None:
-        bench["skipped"].append({"name": "tensorrt", "reason": "TensorRT is not installed (pip install rcr-deploy[tensorrt] on a Linux GPU machine)"})
+        bench["skipped"].append({"name": "tensorrt", "reason": "TensorRT is not installed (pip install 'rcr-deploy[tensorrt]' on a Linux GPU machine)"})
     write_json(bench, out_dir / "bench.json")
     write_markdown(bench, out_dir / "bench.md")
     plot_speed_accuracy(bench, out_dir / "speed-accuracy.png")

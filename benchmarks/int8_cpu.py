@@ -67,7 +67,7 @@ def study(export_dir: Path, calib_dir: Path, calib_count: int, threads: int, ite
     import onnxruntime as ort
 
     from benchmarks.machine import machine_info
-    from exporters.precision import list_images
+    from rcr_deploy.preprocess import list_images
 
     fp32 = export_dir / ARTIFACT_NAMES["fp32"]
     shape = [d.dim_value for d in onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
@@ -78,7 +78,7 @@ def study(export_dir: Path, calib_dir: Path, calib_count: int, threads: int, ite
         exported_int8 = export_dir / ARTIFACT_NAMES["int8"]
         if exported_int8.is_file():
             candidates["export-int8"] = (exported_int8, "the export's INT8 artifact (Q/DQ placed for TensorRT: int8 symmetric, Q/DQ pairs on weights, Relu kept)")
-        candidates |= quantize_variants(fp32, list_images(calib_dir)[:calib_count], size, in_channels, tmp)
+        candidates |= quantize_variants(fp32, list_images(calib_dir, "calibration")[:calib_count], size, in_channels, tmp)
         x = np.random.default_rng(0).standard_normal((1, in_channels, size, size), dtype=np.float32)
         calls, ops = {}, {}
         for name, (path, _) in candidates.items():

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
 from rcr_deploy.errors import RcrError, VerificationError
 from rcr_deploy.models import VARIANTS
-from rcr_deploy.preprocess import load_image
+from rcr_deploy.preprocess import list_images, load_image
 from rcr_deploy.reparam import DEFAULT_TOLERANCES, Tolerance, compare, reparameterize
 from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -125,7 +125,7 @@ def export(
     calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
     if calib_count < 1:
         raise RcrError(f"--calib-count {calib_count} must be at least 1")
-    calib_images = prec.list_images(calib)[:calib_count] if calib is not None else []
+    calib_images = list_images(calib, "calibration")[:calib_count] if calib is not None else []
     for image in calib_images:  # an unreadable one fails now, not after minutes of work
         load_image(image)
     if "int8" in chosen and not calib_images:

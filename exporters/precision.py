@@ -12,7 +12,6 @@ and no Q/DQ on the graph output or around Sigmoid / Softmax / Resize.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from rcr_deploy.errors import DataError, ExportError
-from rcr_deploy.preprocess import IMAGE_EXTENSIONS, load_image, preprocess
+from rcr_deploy.preprocess import load_image, preprocess
 
 from exporters.onnx import INPUT_NAME, OUTPUT_NAME
 
@@ -66,19 +65,6 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model)
     return model
-
-
-def list_images(folder: str | os.PathLike, what: str = "calibration") -> list[Path]:
-    """Image files directly in `folder`, sorted; a clear error when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such {what} folder; pass a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not images:
-        raise DataError(
-            f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this {what} folder; add some of your own photos"
-        )
-    return images
 
 
 def load_batch(paths: list[Path], size: tuple[int, int], in_channels: int) -> np.ndarray:

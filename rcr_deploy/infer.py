@@ -497,10 +497,7 @@ def classify_input(source: str) -> tuple[str, Any]:
             return "camera", int(source)
         raise DataError(f"{source}: no such file or folder; pass an image, a folder of images, a video or a camera index")
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in preprocess.IMAGE_EXTENSIONS)
-        if not images:
-            raise DataError(f"{path}: no images ({', '.join(preprocess.IMAGE_EXTENSIONS)}) in this folder; pass a folder of images")
-        return "folder", images
+        return "folder", preprocess.list_images(path, "input")
     suffix = path.suffix.lower()
     if suffix in preprocess.IMAGE_EXTENSIONS:
         return "image", path

@@ -63,6 +63,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt image ({e}); replace or remove it") from e
 
 
+def list_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:
+    """Image files directly in `folder`, sorted by name; a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such {what} folder; pass a folder of images")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise DataError(
+            f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this {what} folder; add some of your own photos"
+        )
+    return images
+
+
 def normalize(rgb: np.ndarray, prior: np.ndarray | None = None, in_channels: int = 4) -> np.ndarray:
     """HxWx3 uint8 RGB (+ HxW prior in [0,1]) -> CxHxW float32 network input."""
     x = (rgb.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)) * SCALE

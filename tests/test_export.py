@@ -26,7 +26,7 @@ from exporters import pipeline, precision
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.errors import CheckpointError, DataError, ExportError, RcrError, VerificationError
 from rcr_deploy.models import build_model
-from rcr_deploy.preprocess import preprocess
+from rcr_deploy.preprocess import list_images, preprocess
 from rcr_deploy.reparam import Tolerance, randomize_bn, reparameterize
 from rcr_deploy.runtime import ARTIFACT_NAMES, load_runner, manifest_path
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -296,7 +296,7 @@ def test_int8_placement_check_rejects_onnxruntime_defaults(exported, tmp_path):
     fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
     del fp32.metadata_props[:]
     onnx.save_model(fp32, str(src))
-    images = precision.list_images(exported["calib"])[:2]
+    images = list_images(exported["calib"])[:2]
     reader = precision._ImageReader(images, (SIZE, SIZE), 4, progress=False)
     quantize_static(str(src), str(tmp_path / "default.onnx"), reader, quant_format=QuantFormat.QDQ)
     with pytest.raises(ExportError, match="symmetric int8"):
@@ -306,7 +306,7 @@ def test_int8_placement_check_rejects_onnxruntime_defaults(exported, tmp_path):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_int8_calibration_methods(exported, method):
     fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
-    images = precision.list_images(exported["calib"])[:2]
+    images = list_images(exported["calib"])[:2]
     model = precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, method, progress=False)
     assert precision.check_qdq_placement(model)["DequantizeLinear"] > 0
 
@@ -355,7 +355,7 @@ def test_calibration_folder_errors(tmp_path, ckpt):
 
 
 def test_grey_rgba_16bit_calibration_images_are_converted(exported):
-    images = precision.list_images(exported["calib"])
+    images = list_images(exported["calib"])
     assert [p.name for p in images] == ["a_rgb.jpg", "b_grey.png", "c_rgba.png", "d_16bit.png"]
     batch = precision.load_batch(images, (SIZE, SIZE), 4)
     assert batch.shape == (4, 4, SIZE, SIZE) and np.isfinite(batch).all()

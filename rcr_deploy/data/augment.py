@@ -11,7 +11,6 @@ fake previous-frame mask, otherwise zeros. Normalisation is `preprocess.normaliz
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import cv2
 import numpy as np

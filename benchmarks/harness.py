@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.cost import count_macs_onnx, count_macs_torch, count_params
-from benchmarks.machine import machine_info, peak_flops, peak_memory
-from benchmarks.stats import LatencyStats
+from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_params
+from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
+from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.errors import RcrError
 from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, Runner, manifest_path
 
@@ -197,7 +197,7 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
     from rcr_deploy.runtime.torch_runner import TorchRunner
 
     if config.engines:  # fail fast, before any slow work, on a machine that cannot build engines
-        from exporters.tensorrt import require_tensorrt
+        from rcr_deploy.exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
     needs_artifact = any(b.startswith("onnxruntime-") and b != "onnxruntime-unfused" for b in config.backends)
@@ -307,7 +307,7 @@ def _unfused_target(
 ) -> Target:
     """An ONNX export of the train form, beside a timed export of the deploy form by the same
     exporter, so the fused-vs-unfused comparison isolates the re-parameterisation."""
-    from exporters.onnx import export_onnx
+    from rcr_deploy.exporters.onnx import export_onnx
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     hw = (config.size, config.size)
@@ -331,7 +331,7 @@ def _unfused_target(
 def export_fp16_beside(out_dir: Path, ckpt: Path, size: int) -> Path:
     """Add the FP16 artifact to an FP32-only export folder (what plain `rcr-deploy export` leaves),
     through the same verified export chain, so `bench --engine fp16` works right after it."""
-    from exporters.pipeline import export
+    from rcr_deploy.exporters.pipeline import export
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fp16-") as tmp:
         staged = export(ckpt, Path(tmp), ("fp32", "fp16"), size=size).artifacts["fp16"]
@@ -344,7 +344,7 @@ def export_fp16_beside(out_dir: Path, ckpt: Path, size: int) -> Path:
 def _tensorrt_target(precision: str, config: BenchConfig, ckpt: Path, in_channels: int) -> Target:
     """The TensorRT engine of an exported artifact, built (and cached) if missing. Export's own
     one-line errors pass through: no TensorRT, no GPU, an engine for another TensorRT or GPU."""
-    from exporters import tensorrt as trt_export
+    from rcr_deploy.exporters import tensorrt as trt_export
 
     artifact = _artifact(config.out_dir, precision)
     if not artifact.is_file() and precision == "fp16":

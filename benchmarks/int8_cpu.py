@@ -1,6 +1,6 @@
 """Why INT8 is or is not faster than FP32 on ONNX Runtime's CPU provider: a reproducible study.
 
-    python -m benchmarks.int8_cpu [EXPORT_DIR] --calib DIR --md benchmarks/results/int8-cpu-2core.md
+    python -m rcr_deploy.benchmarks.int8_cpu [EXPORT_DIR] --calib DIR --md benchmarks/results/int8-cpu-2core.md
 
 It quantises the export's FP32 artifact with Q/DQ placements ORT's CPU kernels prefer, times them
 against the FP32 artifact and the export's own INT8 artifact (placed for TensorRT), interleaved,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from benchmarks.harness import time_interleaved, timed_on_cpu
+from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
 
@@ -30,7 +30,7 @@ def quantize_variants(fp32: Path, calib: list[Path], size: int, in_channels: int
     QLinearConv path on x86), per-channel int8 weights, removable Relus folded into the conv."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from exporters.precision import _ImageReader  # the export's own calibration reader, reused
+    from rcr_deploy.exporters.precision import _ImageReader  # the export's own calibration reader, reused
 
     variants = {
         "ort-qdq-u8s8": ("uint8 activations (asymmetric), int8 per-channel weights, all ops ORT quantises", QuantType.QUInt8, {}, None),
@@ -66,7 +66,7 @@ def study(export_dir: Path, calib_dir: Path, calib_count: int, threads: int, ite
     import numpy as np
     import onnxruntime as ort
 
-    from benchmarks.machine import machine_info
+    from rcr_deploy.benchmarks.machine import machine_info
     from rcr_deploy.preprocess import list_images
 
     fp32 = export_dir / ARTIFACT_NAMES["fp32"]
@@ -100,7 +100,7 @@ def study(export_dir: Path, calib_dir: Path, calib_count: int, threads: int, ite
         "",
         f"{info['cpu']}, {info['cores']} cores ({' '.join(info['cpu_flags'])}), {threads} threads, onnxruntime "
         f"{info['versions'].get('onnxruntime')}; load average {' / '.join(f'{v:.1f}' for v in info['load_average'] or [])}. "
-        f"Calibration: {calib_count} images from `{calib_dir.name}`. Regenerate: `python -m benchmarks.int8_cpu {export_dir} --calib DIR --md FILE`.",
+        f"Calibration: {calib_count} images from `{calib_dir.name}`. Regenerate: `python -m rcr_deploy.benchmarks.int8_cpu {export_dir} --calib DIR --md FILE`.",
         "",
         "| artifact (optimisation level) | p50 ms | vs fp32 (all) | " + " | ".join(SHOWN_OPS) + " |",
         "| --- | ---: | ---: |" + " ---: |" * len(SHOWN_OPS),

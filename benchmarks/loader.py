@@ -1,6 +1,6 @@
 """Does augmentation keep up with training? Loader samples/s against the model's step rate.
 
-    python -m benchmarks.loader --data DIR [--size 224 --batch 32 --workers 0,1,2 --arch rcrnet]
+    python -m rcr_deploy.benchmarks.loader --data DIR [--size 224 --batch 32 --workers 0,1,2 --arch rcrnet]
 
 The loader (read JPEG + PNG, deform, texture, fake prior, edge target, normalise: the
 `PortraitDataset` training uses) is timed for each worker count; a training step (two passes,
@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.machine import machine_info, machine_kind
+from rcr_deploy.benchmarks.machine import machine_info, machine_kind
 from rcr_deploy.data.dataset import PortraitDataset
 from rcr_deploy.data.folder import list_pairs
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import build_model
 from rcr_deploy.train.losses import total_loss
 
-RESULTS = Path(__file__).parent / "results"
+from rcr_deploy.benchmarks.machine import RESULTS
 
 
 def loader_rate(dataset: PortraitDataset, batch: int, workers: int, batches: int) -> float:

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Scripts run from the repository root and write here unless told otherwise; never into the
+# installed package.
+RESULTS = Path("benchmarks") / "results"
+
 import torch
 
 _PACKAGES = ("rcr-deploy", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxsim", "tensorrt", "polygraphy")

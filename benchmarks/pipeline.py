@@ -1,6 +1,6 @@
 """Does the threaded frame pipeline of `rcr-deploy infer` help? Pipelined vs one thread, same run.
 
-    python -m benchmarks.pipeline [--model CKPT|ONNX] [--threads 2] [--frames 60] [--height 480 --width 640]
+    python -m rcr_deploy.benchmarks.pipeline [--model CKPT|ONNX] [--threads 2] [--frames 60] [--height 480 --width 640]
 
 Both modes segment the same generated clip with the temporal prior on and write the same
 outputs (overlay + blurred-background mp4s, what a video call would use). They alternate,
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.machine import machine_info, machine_kind
+from rcr_deploy.benchmarks.machine import machine_info, machine_kind
 from rcr_deploy.data import synthetic
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import STAGES, infer
@@ -29,7 +29,7 @@ from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.video import write_video
 
-RESULTS = Path(__file__).parent / "results"
+from rcr_deploy.benchmarks.machine import RESULTS
 
 
 def measure(model: str | None, frames: int, height: int, width: int, repeats: int, threads: int) -> dict:

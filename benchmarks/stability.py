@@ -1,6 +1,6 @@
 """Temporal stability with and without the prior channel, on generated clips with exact masks.
 
-    python -m benchmarks.stability [--model CKPT|ONNX] [--clips 4] [--frames 60]
+    python -m rcr_deploy.benchmarks.stability [--model CKPT|ONNX] [--clips 4] [--frames 60]
 
 Each clip (`rcr_deploy.data.synthetic.video`, one seed per clip) is segmented twice through the
 same pipeline as `rcr-deploy infer`: prior on, then `--no-prior`. `rcr_deploy.video.stability`
@@ -24,7 +24,7 @@ from rcr_deploy.infer import MemorySink, Segmenter, run
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.video import stability
 
-RESULTS = Path(__file__).parent / "results"
+from rcr_deploy.benchmarks.machine import RESULTS
 FIELDS = ("pred_consecutive_iou", "gt_consecutive_iou", "flicker", "fg_iou")
 
 

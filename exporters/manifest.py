@@ -21,7 +21,7 @@ from rcr_deploy.fileio import sha256_file, write_text_atomic
 from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import MANIFEST_METADATA_KEY, manifest_path
 
-from exporters.onnx import INPUT_NAME, OUTPUT_NAME
+from rcr_deploy.exporters.onnx import INPUT_NAME, OUTPUT_NAME
 
 FORMAT = "rcr-deploy-manifest"
 VERSION = 1

@@ -30,12 +30,12 @@ from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.torch_runner import TorchRunner
 
-from exporters import manifest as manifests
-from exporters import onnx as onnx_export
-from exporters import precision as prec
+from rcr_deploy.exporters import manifest as manifests
+from rcr_deploy.exporters import onnx as onnx_export
+from rcr_deploy.exporters import precision as prec
 
 if TYPE_CHECKING:
-    from exporters.tensorrt import EngineOptions
+    from rcr_deploy.exporters.tensorrt import EngineOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Each stage against the one before it: pass when max|a-b| <= atol + rtol * max|reference|,
@@ -135,7 +135,7 @@ def export(
 
         val_pairs = list_pairs(val)[:val_limit]
     if engine:
-        from exporters.tensorrt import require_tensorrt
+        from rcr_deploy.exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
     path = default_checkpoint() if ckpt is None else Path(ckpt)
@@ -246,7 +246,7 @@ def export(
 
     engines = {}
     if engine:
-        from exporters.tensorrt import EngineOptions, build_engine, validate_engine
+        from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, validate_engine
 
         for p, artifact in artifacts.items():
             t0 = time.perf_counter()

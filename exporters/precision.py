@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rcr_deploy.errors import DataError, ExportError
 from rcr_deploy.preprocess import load_image, preprocess
 
-from exporters.onnx import INPUT_NAME, OUTPUT_NAME
+from rcr_deploy.exporters.onnx import INPUT_NAME, OUTPUT_NAME
 
 FP16_MAX = float(np.finfo(np.float16).max)
 #: Op types that must stay un-quantised (TensorRT runs them in float; Q/DQ there costs accuracy).

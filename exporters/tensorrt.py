@@ -140,8 +140,8 @@ def validate_engine(engine: str | os.PathLike, artifact: str | os.PathLike, seed
     interface, as export compares ONNX Runtime with torch. Returns the `Validation` (truthy if passed).
 
     FP32 engines are held to the FP16 tolerance: TensorRT may pick TF32 kernels for FP32 convolutions."""
-    from exporters.onnx import validate, validation_inputs
-    from exporters.pipeline import TOLERANCES
+    from rcr_deploy.exporters.onnx import validate, validation_inputs
+    from rcr_deploy.exporters.pipeline import TOLERANCES
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     runner, reference = TensorRTRunner(engine), OnnxRuntimeRunner(artifact)

@@ -52,7 +52,7 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Every registered variant: parameters (train and deploy form) and MACs beside the paper's."""
-    from benchmarks.cost import count_macs_torch, count_params
+    from rcr_deploy.benchmarks.cost import count_macs_torch, count_params
     from rcr_deploy.models import VARIANTS, build_model
     from rcr_deploy.reparam import reparameterize
 
@@ -216,6 +216,18 @@ def infer(
 # ---- train
 
 
+def _interrupt_on_term() -> None:
+    """SIGINT and SIGTERM both stop training through KeyboardInterrupt, which saves last.pt: a run
+    started in the background by a non-interactive shell would otherwise ignore SIGINT."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 @app.command()
 def train(
     data: Optional[Path] = typer.Option(None, help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
@@ -234,9 +246,15 @@ def train(
     workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per training process."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on the GPU (default on)."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes."),
+    init: Optional[Path] = typer.Option(None, help="Start from this train-form checkpoint's weights, with a fresh optimiser."),
+    amp: Optional[str] = typer.Option(None, help="Autocast: auto (bf16 on CUDA, off on the CPU) | bf16 | fp16 | off."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format (default: on CUDA only)."),
+    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Decode the training images once, into memory."),
+    schedule: Optional[str] = typer.Option(None, help="paper: lr x 0.95^(epoch/20); cosine: warm-up, then cosine to 0 at the last epoch."),
+    warmup_epochs: Optional[int] = typer.Option(None, help="Linear warm-up epochs of the cosine schedule."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes; with --schedule cosine the epochs are planned to fit."),
     save_every: Optional[int] = typer.Option(None, help="Also save last.pt every N steps (0: per epoch only)."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and after the last)."),
     val_limit: Optional[int] = typer.Option(None, help="Validate on the first N validation images only (0: all)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps in all (0: no limit)."),
 ) -> None:
@@ -253,6 +271,7 @@ def train(
         raise RcrError("no dataset: pass --data DIR (a folder with images/ and masks/)")
     if not given.get("out") and not config and not resume:
         cfg.out = f"runs/{cfg.arch}"
+    _interrupt_on_term()
     result = Trainer(cfg, resume=resume).fit()
     if result.best:
         console.print(
@@ -292,8 +311,8 @@ def bench(
     import os
     import shlex
 
-    from benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
-    from benchmarks.report import print_table, write_json, write_markdown
+    from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
+    from rcr_deploy.benchmarks.report import print_table, write_json, write_markdown
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
     if device == "auto":
@@ -325,7 +344,7 @@ def bench(
     if md_out:
         write_markdown(report, md_out)
     if plot_out:
-        from benchmarks.plot import plot_speed_accuracy
+        from rcr_deploy.benchmarks.plot import plot_speed_accuracy
 
         plot_speed_accuracy(report, plot_out)
     for path in (json_out, md_out, plot_out):
@@ -381,7 +400,7 @@ def demo(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Train-form checkpoint; default: the built-in model."),
 ) -> None:
     """The main job in one command, offline: export FP32 + INT8, verify, benchmark, segment an image and a clip, report."""
-    from benchmarks.report import print_table
+    from rcr_deploy.benchmarks.report import print_table
     from rcr_deploy.demo import run_demo
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
@@ -420,8 +439,8 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
-    from exporters.pipeline import export
-    from exporters.tensorrt import EngineOptions
+    from rcr_deploy.exporters.pipeline import export
+    from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
     result = export(
@@ -475,7 +494,7 @@ def build_cmd(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the cache holds this engine."),
 ) -> None:
     """Build (or reuse from the cache) a TensorRT engine and validate it against ONNX Runtime."""
-    from exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
+    from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
     from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
 
     require_tensorrt()

@@ -72,10 +72,10 @@ def _write_dataset(root: Path, n: int, seed: int, with_masks: bool) -> Path:
 
 def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
     """Run every step into `out_dir` (overwriting an earlier demo's files) and write `out_dir/README.md`."""
-    from benchmarks.harness import BenchConfig, run_bench
-    from benchmarks.plot import plot_speed_accuracy
-    from benchmarks.report import write_json, write_markdown
-    from exporters.pipeline import export
+    from rcr_deploy.benchmarks.harness import BenchConfig, run_bench
+    from rcr_deploy.benchmarks.plot import plot_speed_accuracy
+    from rcr_deploy.benchmarks.report import write_json, write_markdown
+    from rcr_deploy.exporters.pipeline import export
 
     out_dir = Path(out_dir)
     ckpt = default_checkpoint() if ckpt is None else Path(ckpt)  # a missing built-in model fails before any work
@@ -138,7 +138,7 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
 
 def _index(exported: Any, bench: dict[str, Any], scores: dict[str, dict[str, float]], clip_timing: str, seconds: dict[str, float]) -> str:
     """The report folder's front page."""
-    from benchmarks.report import COLUMNS, rows
+    from rcr_deploy.benchmarks.report import COLUMNS, rows
 
     checks = {v["stage"]: v for v in exported.validation}
     reparam = checks["reparameterize"]["checks"]

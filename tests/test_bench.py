@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from benchmarks import harness
-from benchmarks.cost import count_macs_torch
-from benchmarks.report import to_markdown
-from exporters.onnx import export_onnx
+from rcr_deploy.benchmarks import harness
+from rcr_deploy.benchmarks.cost import count_macs_torch
+from rcr_deploy.benchmarks.report import to_markdown
+from rcr_deploy.exporters.onnx import export_onnx
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.cli import app
 from rcr_deploy.errors import RcrError
@@ -212,7 +212,7 @@ def test_logic_only_engine_from_another_tensorrt_or_gpu_is_refused(tmp_path, mon
 def test_logic_only_engine_target_builds_with_a_profile_covering_the_batches(export_folder, tmp_path, monkeypatch):
     """No TensorRT here: stand-ins for the export's build_engine and runner check our plan logic
     (which artifact, which profile, the batch check on load), not TensorRT itself."""
-    from exporters import tensorrt as trt_export
+    from rcr_deploy.exporters import tensorrt as trt_export
 
     out_dir = export_folder / DEFAULT_OUT_DIR
     fp16 = out_dir / ARTIFACT_NAMES["fp16"]

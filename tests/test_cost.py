@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.cost import count_macs_onnx
-from exporters.onnx import to_proto
+from rcr_deploy.benchmarks.cost import count_macs_onnx
+from rcr_deploy.exporters.onnx import to_proto
 from rcr_deploy.models import build_model
 from rcr_deploy.reparam import randomize_bn, reparameterize
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from exporters import manifest as manifests
-from exporters import onnx as onnx_export
-from exporters import pipeline, precision
+from rcr_deploy.exporters import manifest as manifests
+from rcr_deploy.exporters import onnx as onnx_export
+from rcr_deploy.exporters import pipeline, precision
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.errors import CheckpointError, DataError, ExportError, RcrError, VerificationError
 from rcr_deploy.models import build_model

@@ -385,8 +385,8 @@ def artifact(tmp_path_factory, ckpt) -> Path:
     """A real FP32 ONNX artifact at 96x96 with its manifest (sidecar and embedded)."""
     import onnx
 
-    from exporters import manifest as manifests
-    from exporters.onnx import save_proto, simplify, to_proto
+    from rcr_deploy.exporters import manifest as manifests
+    from rcr_deploy.exporters.onnx import save_proto, simplify, to_proto
 
     model = reparameterize(build_model("rcrnet"))
     proto = simplify(to_proto(model, (96, 96)))
@@ -455,7 +455,7 @@ def test_folder_without_images_and_unknown_file_type(tmp_path):
 def test_benchmark_scripts_run_on_tiny_clips(ckpt):
     """benchmarks/pipeline.py and benchmarks/stability.py, at toy sizes (their figures live in
     benchmarks/results/, measured at full size)."""
-    from benchmarks import pipeline, stability
+    from rcr_deploy.benchmarks import pipeline, stability
 
     result = pipeline.measure(str(ckpt), frames=3, height=48, width=64, repeats=1, threads=1)
     assert set(result["median_fps"]) == {"pipelined", "one thread"} and result["speedup"] > 0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmarks.cost import count_macs_torch, count_params
+from rcr_deploy.benchmarks.cost import count_macs_torch, count_params
 from rcr_deploy.models import VARIANTS, build_model
 from rcr_deploy.models.portraitnet import PortraitNet
 from rcr_deploy.reparam import reparameterize

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import tensorrt as trt_export
+from rcr_deploy.exporters import tensorrt as trt_export
 from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.runtime import tensorrt_runner
 
@@ -96,7 +96,7 @@ def test_logic_only_runner_refuses_engine_from_another_gpu(tmp_path, monkeypatch
 
 @pytest.mark.skipif(not _have_tensorrt(), reason="needs TensorRT and a CUDA GPU (pip install 'rcr-deploy[tensorrt]')")
 def test_real_engine_build_cache_and_validation(tmp_path):
-    from exporters.pipeline import export
+    from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.checkpoint import save_checkpoint
     from rcr_deploy.models import build_model
     from rcr_deploy.reparam import randomize_bn

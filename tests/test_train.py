@@ -127,4 +127,4 @@ def test_config_rejects_unknown_keys_and_schedule_is_the_papers(tmp_path):
         TrainConfig.load(path)
     cfg = TrainConfig()
     assert (cfg.weight_decay, cfg.alpha, cfg.beta) == (5e-4, 1.0, 0.3)
-    assert lr_factor(cfg, 20) == pytest.approx(0.95) and lr_factor(cfg, 10) == pytest.approx(0.95**0.5)
+    assert lr_factor("paper", 20, 2000) == pytest.approx(0.95) and lr_factor("paper", 10, 2000) == pytest.approx(0.95**0.5)

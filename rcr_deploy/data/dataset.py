@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from rcr_deploy.data.augment import make_sample
 from rcr_deploy.data.folder import Pair, load_pair
@@ -16,11 +17,19 @@ from rcr_deploy.preprocess import INPUT_SIZE
 
 
 class PortraitDataset(Dataset):
-    """Augmented samples of (image, mask) pairs; call `set_epoch` before each epoch."""
+    """Augmented samples of (image, mask) pairs, indexed by (epoch, index) or by index alone
+    (then the epoch set by `set_epoch`).
 
-    def __init__(self, pairs: list[Pair], size: int = INPUT_SIZE, seed: int = 0, in_channels: int = 4) -> None:
+    `cache=True` decodes every pair once, before the loader forks its workers (they share the
+    pages): decoding is a fifth of a sample's CPU time, and EG1800 holds 0.6 GB decoded.
+    """
+
+    def __init__(
+        self, pairs: list[Pair], size: int = INPUT_SIZE, seed: int = 0, in_channels: int = 4, cache: bool = False
+    ) -> None:
         self.pairs, self.size, self.seed, self.in_channels = pairs, size, seed, in_channels
         self.epoch = 0
+        self.decoded = [load_pair(p) for p in tqdm(pairs, desc="decoding", unit="img", leave=False)] if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -28,8 +37,9 @@ class PortraitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rgb, mask = load_pair(self.pairs[index])
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rgb, mask = self.decoded[index] if self.decoded is not None else load_pair(self.pairs[index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         s = make_sample(rgb, mask, rng, self.size, self.in_channels)
         return {k: torch.from_numpy(getattr(s, k)) for k in ("student", "teacher", "mask", "edge")}

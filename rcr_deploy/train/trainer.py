@@ -1,10 +1,15 @@
 """The trainer: the paper's recipe, one process or many (torchrun + DistributedDataParallel).
 
 Defaults are the paper's (§4.2.3: Adam, weight decay 5e-4, lr × 0.95^(epoch/20)) except the
-learning rate, 1e-3 as in PortraitNet (see README). State is saved to `last.pt` after every
-epoch (and every `save_every` steps, and on Ctrl-C), so `resume` continues bit-exactly: the data
-order and every augmentation are keyed on (seed, epoch, index), and the optimiser, scheduler,
-scaler and RNG states travel in the checkpoint.
+learning rate, 1e-3 as in PortraitNet (see docs/training.md). State is saved to `last.pt` after
+every epoch (and every `save_every` steps, and on Ctrl-C), so `resume` continues bit-exactly: the
+data order and every augmentation are keyed on (seed, epoch, index), and the optimiser,
+scheduler, scaler and RNG states travel in the checkpoint. `init` starts from another run's
+weights with a fresh optimiser. With a time limit and the cosine schedule, the number of epochs is
+planned from the pace measured in the run's first seconds, so the curve ends when the time does.
+
+No checkpoint ever holds non-finite weights: a non-finite loss stops the run, naming the epoch and
+step, before the optimiser applies it, and every save checks the weights first.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rcr_deploy.checkpoint import load_checkpoint, save_checkpoint
@@ -31,8 +36,11 @@ from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import atomic_path, write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
 from rcr_deploy.train.losses import LossWeights, total_loss
+from rcr_deploy.train.schedule import SCHEDULES, RunSampler, lr_factor, plan_epochs, steps_per_epoch
 
 SPLIT_RULE = f"sort the ids; index % {VAL_EVERY} == 0 is validation, the rest is training"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+PLAN_AFTER_S = 20.0  # seconds of steady training that the epoch plan is measured over
 
 
 class TrainError(RcrError):
@@ -62,9 +70,15 @@ class TrainConfig:
     workers: int = 2
     threads: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: str = "auto"
+    channels_last: bool | None = None
+    cache: bool = False
+    schedule: str = "paper"
+    warmup_epochs: int = 0
+    init: str = ""
     time_limit_min: float = 0.0
     save_every: int = 0
+    val_every: int = 1
     val_limit: int = 0
     max_steps: int = 0
 
@@ -85,38 +99,17 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise TrainError(f"{source}: unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        if isinstance(data.get("amp"), bool):  # configs before 0.2 said amp: true (fp16 on CUDA) / false
+            data = {**data, "amp": "fp16" if data["amp"] else "off"}
+        cfg = cls(**data)
+        if cfg.amp not in AMP_MODES:
+            raise TrainError(f"{source}: --amp {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
+        if cfg.schedule not in SCHEDULES:
+            raise TrainError(f"{source}: --schedule {cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        return cfg
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
-
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch, sharded over ranks, that can start part-way through."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _indices(self) -> list[int]:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch)).tolist()
-        per_rank = math.ceil(self.n / self.world)
-        order += order[: per_rank * self.world - self.n]  # pad so every rank takes the same steps
-        return order[self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._indices()[self.start :])
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.world) - self.start
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """The paper's schedule: lr × decay^(epoch / every)."""
-    return cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
 
 
 @dataclasses.dataclass
@@ -132,6 +125,8 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainError("--device cuda: this machine has no CUDA GPU; use --device cpu")
+    if cfg.device == "cuda":
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(cfg.device)
 
 
@@ -139,6 +134,22 @@ def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 needs no loss scaling, so it is the GPU default; the CPU default is fp32 (measured in
+    docs/training.md)."""
+    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    if mode == "fp16" and device.type != "cuda":
+        raise TrainError("--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp off on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+
+
+def _read_init(path: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path, require_form="train")
+    if ckpt.arch != cfg.arch:
+        raise CheckpointError(f"{path}: holds {ckpt.arch!r} weights, not {cfg.arch!r}; pass --arch {ckpt.arch} or another --init")
+    return ckpt.model.state_dict()
 
 
 def _read_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -157,8 +168,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | os.PathLike | None = None, progress: bool = True) -> None:
         if cfg.arch not in VARIANTS:
             raise TrainError(f"unknown --arch {cfg.arch!r}; use one of {', '.join(VARIANTS)}")
-        if cfg.batch < 1 or cfg.epochs < 1:
-            raise TrainError("--batch and --epochs must be at least 1")
+        if cfg.batch < 1 or cfg.epochs < 1 or cfg.val_every < 1:
+            raise TrainError("--batch, --epochs and --val-every must be at least 1")
+        if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 1):
+            raise TrainError(f"--lr {cfg.lr}: use a learning rate in (0, 1], e.g. 1e-3")
         self.cfg = cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -180,16 +193,27 @@ class Trainer:
         self.val_split = cfg.val_split or None
         if self.val_split:
             list_pairs(cfg.data, self.val_split)  # fail now, not after the first epoch
-        self.dataset = PortraitDataset(self.train_pairs, cfg.size, seed=cfg.seed)
-        self.sampler = EpochSampler(len(self.train_pairs), cfg.seed, self.rank, self.world)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_pairs), cfg.batch, self.world)
+        self.autocast = _autocast_dtype(cfg, self.device)
+        self.channels_last = self.cuda if cfg.channels_last is None else cfg.channels_last
 
-        self.model = build_model(cfg.arch).to(self.device)
-        if self.cuda:
+        self.model = build_model(cfg.arch)
+        if cfg.init and resume is None:
+            self.model.load_state_dict(_read_init(Path(cfg.init), cfg))
+        self.model = self.model.to(self.device)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(cfg, e))
-        self.amp = cfg.amp and self.cuda
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.planned = cfg.epochs  # replaced by a plan when a time limit and the cosine schedule meet
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.cuda or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda e: lr_factor(cfg.schedule, e, self.planned, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
+        # Decode only after every cheap check has passed.
+        self.dataset = PortraitDataset(self.train_pairs, cfg.size, seed=cfg.seed, cache=cfg.cache)
         self.weights = LossWeights(cfg.alpha, cfg.beta, cfg.temperature)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -219,6 +243,7 @@ class Trainer:
                 "history": self.history,
                 "best": self.best,
                 "sums": self.sums,
+                "planned": self.planned,
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -236,6 +261,7 @@ class Trainer:
         t = raw["trainer"]
         self.epoch, self.step_in_epoch, self.global_step = t["epoch"], t["step_in_epoch"], t["global_step"]
         self.wall, self.history, self.best, self.sums = t["wall_s"], list(t["history"]), t["best"], dict(t["sums"])
+        self.planned = t.get("planned", self.cfg.epochs)
         torch.set_rng_state(raw["rng"]["torch"])
         if self.cuda and "cuda" in raw["rng"]:
             torch.cuda.set_rng_state(raw["rng"]["cuda"], self.device)
@@ -253,34 +279,44 @@ class Trainer:
             "world_size": self.world,
             "torch": str(torch.__version__),
             "best": self.best,
+            "planned_epochs": self.planned,
+            "init": self.cfg.init or None,
         }
 
     def _save(self, name: str) -> None:
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise TrainError(
+                f"non-finite weights in {bad[0]} at epoch {self.epoch + 1} step {self.step_in_epoch}: not saved as "
+                f"{name}; the last good checkpoint is {self.out / 'last.pt'}; lower --lr"
+            )
         if self.main:
             save_checkpoint(self.out / name, self.model, self.cfg.arch, meta=self.meta(), **self._state())
 
     # ------------------------------------------------------------------------------ loop
 
     def _loader(self) -> DataLoader:
-        self.dataset.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.cfg.batch)
+        """One loader for the rest of the run (see schedule.RunSampler)."""
+        sampler = RunSampler(
+            len(self.train_pairs), self.cfg.batch, self.cfg.seed, self.cfg.epochs,
+            (self.epoch, self.step_in_epoch), self.rank, self.world,
+        )  # fmt: skip
         return DataLoader(
             self.dataset,
-            batch_size=self.cfg.batch,
-            sampler=self.sampler,
+            batch_sampler=sampler,
             num_workers=self.cfg.workers,
             pin_memory=self.cuda,
-            drop_last=False,
-            persistent_workers=False,
+            worker_init_fn=_quiet_worker,
+            prefetch_factor=4 if self.cfg.workers else None,
         )
 
     def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = torch.cat([batch["student"], batch["teacher"]]).to(self.device, non_blocking=True, memory_format=fmt)
         mask, edge = (batch[k].to(self.device, non_blocking=True) for k in ("mask", "edge"))
         n = batch["mask"].shape[0]
         try:
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
                 mask_logits, edge_logits = self.ddp(x, with_edge=True)
             terms = total_loss(
                 (mask_logits[:n].float(), edge_logits[:n].float()),
@@ -289,6 +325,12 @@ class Trainer:
                 edge,
                 self.weights,
             )
+            loss = float(terms["loss"].detach())
+            if not math.isfinite(loss):
+                raise TrainError(
+                    f"loss is {loss} at epoch {self.epoch + 1} step {self.step_in_epoch + 1}: training diverged and "
+                    f"stopped; the last good checkpoint is {self.out / 'last.pt'}; lower --lr (now {self.cfg.lr:g})"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
             self._updating = True  # a Ctrl-C from here until the update ends must not be saved
@@ -316,6 +358,22 @@ class Trainer:
             self.model.train()
         return {"val_fg_miou": report.fg_miou, "val_class_miou": report.class_miou, "val_images": report.n_images}
 
+    def _plan(self, session_start: float, steady: tuple[float, int] | None) -> tuple[float, int] | None:
+        """Fit the cosine schedule to the time limit once the pace is known; returns the (time,
+        epoch) mark the pace is measured from, None once planned."""
+        cfg = self.cfg
+        if steady is None or not cfg.time_limit_min or cfg.schedule != "cosine":
+            return None
+        now = time.perf_counter()
+        if now - steady[0] < PLAN_AFTER_S and self.epoch - steady[1] < 3:
+            return steady
+        remaining = cfg.time_limit_min * 60 - (now - session_start)
+        self.planned = plan_epochs(self.epoch, self.epoch - steady[1], now - steady[0], remaining, cfg.epochs)
+        if self.progress:
+            pace = (now - steady[0]) / (self.epoch - steady[1])
+            tqdm.write(f"planned {self.planned} epochs in all: {pace:.2f} s/epoch, {remaining / 60:.1f} min left")
+        return None
+
     def fit(self) -> TrainResult:
         """Train until `epochs`, the time limit or `max_steps`; returns the model and history."""
         cfg = self.cfg
@@ -323,44 +381,47 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.json")
         self._t0 = time.perf_counter() - self.wall  # wall time counts over resumed sessions
-        session = time.perf_counter()
+        session = self._session = time.perf_counter()
         self._updating = False
         stopped = "epochs"
         self.model.train()
+        steady: tuple[float, int] | None = None  # (time, epoch) after the session's first epoch
+        planning = bool(cfg.time_limit_min and cfg.schedule == "cosine")
         try:
-            while self.epoch < cfg.epochs:
-                steps_per_epoch = len(EpochSampler(len(self.train_pairs), cfg.seed, self.rank, self.world))
-                steps_per_epoch = math.ceil(steps_per_epoch / cfg.batch)
-                bar = tqdm(
-                    self._loader(),
-                    total=steps_per_epoch,
-                    initial=self.step_in_epoch,
-                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                    unit="step",
-                    disable=not self.progress,
-                    dynamic_ncols=True,
-                )
-                for batch in bar:
-                    terms = self._step(batch)
-                    self.step_in_epoch += 1
-                    self.global_step += 1
-                    self.wall = time.perf_counter() - self._t0
-                    for k, v in terms.items():
-                        self.sums[k] = self.sums.get(k, 0.0) + v
-                    bar.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-                    if cfg.save_every and self.global_step % cfg.save_every == 0:
-                        self._save("last.pt")
-                    if cfg.max_steps and self.global_step >= cfg.max_steps:
-                        stopped = "max_steps"
-                        break
-                bar.close()
-                if stopped == "max_steps":
+            done = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            bar = tqdm(
+                total=self.planned * self.steps_per_epoch, initial=done, unit="step", disable=not self.progress,
+                dynamic_ncols=True, desc=f"epoch {self.epoch + 1}/{self.planned}",
+            )  # fmt: skip
+            for batch in self._loader():
+                terms = self._step(batch)
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self.wall = time.perf_counter() - self._t0
+                for k, v in terms.items():
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+                bar.update()
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+                if cfg.save_every and self.global_step % cfg.save_every == 0:
+                    self._save("last.pt")
+                if cfg.max_steps and self.global_step >= cfg.max_steps:
+                    stopped = "max_steps"
                     self._save("last.pt")
                     break
+                if self.step_in_epoch < self.steps_per_epoch:
+                    continue
                 self._end_epoch()
+                if planning:
+                    steady = self._plan(session, steady) if steady else (time.perf_counter(), self.epoch)
+                    planning = steady is not None
+                    bar.total = self.planned * self.steps_per_epoch
+                bar.set_description(f"epoch {self.epoch + 1}/{self.planned}", refresh=False)
+                if self.epoch >= self.planned:
+                    break
                 if cfg.time_limit_min and time.perf_counter() - session >= cfg.time_limit_min * 60:
                     stopped = "time_limit"
                     break
+            bar.close()
         except KeyboardInterrupt:
             if not self._updating:  # weights are whole: resume continues from this very step
                 self._save("last.pt")
@@ -375,11 +436,14 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch, self.sums = 0, {}
         self.scheduler.step()
-        if self.val_split and self.main:
+        last = self.epoch >= self.planned or (
+            self.cfg.time_limit_min and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
+        )
+        if self.val_split and self.main and (self.epoch % self.cfg.val_every == 0 or last):
             record.update(self.validate())
             self.wall = record["wall_s"] = time.perf_counter() - self._t0
         self.history.append(record)
-        if self.main and self.val_split and (self.best is None or record["val_fg_miou"] > self.best["val_fg_miou"]):
+        if self.main and "val_fg_miou" in record and (self.best is None or record["val_fg_miou"] > self.best["val_fg_miou"]):
             self.best = {k: record[k] for k in ("epoch", "val_fg_miou", "val_class_miou")}
             self._save("best.pt")
         self._save("last.pt")
@@ -390,6 +454,13 @@ class Trainer:
                 tqdm.write(json.dumps(record))
         if self.world > 1:
             dist.barrier()
+
+
+def _quiet_worker(_: int) -> None:
+    # Each worker is one core's worth of augmentation; OpenCV's own threads would oversubscribe.
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def resume_config(path: str | os.PathLike) -> TrainConfig:

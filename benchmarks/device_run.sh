@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: the training-throughput probe, a time-limited training run, then
 # GPU latency of the result. Everything it writes lands in $OUT (the device tool returns it).
-#   bash benchmarks/device_run.sh DATA MINUTES [INIT_CKPT]
+#   [BATCH=32 LR=1e-3] bash benchmarks/device_run.sh DATA MINUTES [INIT_CKPT]
 # DATA is an EG1800-layout folder inside the repo (the tool carries only the repo), e.g. .data/eg1800.
 set -euo pipefail
 data=${1:?data folder}; minutes=${2:?training minutes}; init=${3:-}
@@ -12,9 +12,9 @@ workers=$(( $(nproc) - 2 ))
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 nvidia-smi -L || true
 python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)"
-python3 -m rcr_deploy.benchmarks.train_throughput --data "$data" --device cuda --workers "$workers" --seconds 3 --out "$out/throughput.json"
+python3 -m rcr_deploy.benchmarks.train_throughput --data "$data" --device cuda --workers "$workers" --seconds 3 --profile --out "$out/throughput.json"
 python3 -m rcr_deploy train --data "$data" --out "$out/run" --device cuda --time-limit "$minutes" \
-  --schedule cosine --warmup-epochs 5 --batch 32 --lr 1e-3 --workers "$workers" --cache --val-every 40 \
+  --schedule cosine --warmup-epochs 5 --batch "${BATCH:-32}" --lr "${LR:-1e-3}" --workers "$workers" --cache --val-every 40 \
   ${init:+--init "$init"} 2>&1 | tr '\r' '\n' | grep -v '^epoch .*step/s' || true
 test -f "$out/run/best.pt"
 python3 -m rcr_deploy bench --backend torch-train,torch-deploy,torch-fp16 --device cuda --ckpt "$out/run/best.pt" \

@@ -58,6 +58,19 @@ def loader_rate(trainer: Trainer, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def profile_table(trainer: Trainer, batch: dict[str, torch.Tensor], steps: int = 3) -> str:
+    """Where a step's time goes: torch.profiler's table, sorted by device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            trainer._step(batch)
+        _sync(trainer.device)
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=50) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -68,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per figure")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (minutes to compile on a CPU)")
+    ap.add_argument("--profile", action="store_true", help="also write a torch.profiler table of 3 bf16 channels_last steps (FILE.profile.txt)")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args(argv)
 
@@ -86,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rate = step_rate(t, batch, args.seconds)
                     steps.append({"amp": amp, "channels_last": channels_last, "compile": compiled, "samples_per_s": round(rate, 1)})
                     print(json.dumps(steps[-1]), flush=True)
+        if args.profile:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".profile.txt").write_text(profile_table(t, batch))
     device = trainer.device
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU",

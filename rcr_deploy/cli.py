@@ -250,6 +250,7 @@ def train(
     amp: Optional[str] = typer.Option(None, help="Autocast: auto (bf16 on CUDA, off on the CPU) | bf16 | fp16 | off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format (default: on CUDA only)."),
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Decode the training images once, into memory."),
+    anywhere: Optional[bool] = typer.Option(None, "--anywhere/--no-anywhere", help="Add wider scales, a pasted second person, low light and colour casts."),
     schedule: Optional[str] = typer.Option(None, help="paper: lr x 0.95^(epoch/20); cosine: warm-up, then cosine to 0 at the last epoch."),
     warmup_epochs: Optional[int] = typer.Option(None, help="Linear warm-up epochs of the cosine schedule."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes; with --schedule cosine the epochs are planned to fit."),
@@ -363,6 +364,7 @@ def eval_(
     size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N images."),
     batch: int = typer.Option(8, help="Images per inference call."),
+    reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Score the harder framing: each image shrunk to half and shifted in its canvas."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
     worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -374,7 +376,7 @@ def eval_(
     runner = load_runner(model)
     if size is None:
         size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
-    report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch)
+    report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
     if per_image:
         write_per_image_csv(report, per_image)
     pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
@@ -382,7 +384,8 @@ def eval_(
         fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
         print(json.dumps({**fields, "worst": [str(p) for p in pictures]}, indent=2))
         return
-    console.print(f"{report.model} on {report.data} ({report.split or 'all'}, {report.n_images} images, {size}x{size}):")
+    framing = ", reframed: half size, shifted" if reframe else ""
+    console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")
     console.print(f"  mean per-image foreground IoU (PortraitNet's mIoU): {report.fg_miou * 100:.2f}")
     console.print(f"  class-mean IoU (mean of person and background IoU):  {report.class_miou * 100:.2f}")
     if per_image:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from rcr_deploy.data.augment import reframe as reframed
 from rcr_deploy.data.folder import list_pairs, load_pair
 from rcr_deploy.metrics import ImageScore, IoUMeter
 from rcr_deploy.preprocess import INPUT_SIZE, preprocess, unletterbox
@@ -62,14 +63,16 @@ def evaluate(
     split: str | os.PathLike | None = None,
     progress: bool = True,
     batch: int = 8,
+    reframe: bool = False,
 ) -> EvalReport:
-    """Score `runner` on the image/mask pairs of `data_dir` (see `data.folder.list_pairs`)."""
+    """Score `runner` on the image/mask pairs of `data_dir` (see `data.folder.list_pairs`);
+    `reframe` scores the harder framing of `data.augment.reframe` instead."""
     pairs = list_pairs(data_dir, split)[:limit]
     meter = IoUMeter()
     bar = tqdm(total=len(pairs), desc=f"eval {runner.name}", unit="img", disable=not progress, leave=False)
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        loaded = [load_pair(p) for p in chunk]
+        loaded = [reframed(*load_pair(p), start + i) if reframe else load_pair(p) for i, p in enumerate(chunk)]
         for pair, (_, mask), prob in zip(chunk, loaded, predict(runner, [rgb for rgb, _ in loaded], size)):
             meter.add(pair.stem, prob, mask)
         bar.update(len(chunk))

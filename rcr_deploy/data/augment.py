@@ -6,6 +6,11 @@ One sample gives two views of the same deformed frame:
   sharpness), the pair the consistency loss compares.
 Every operation fires with probability 0.5. Both views share one prior channel: with p = 0.5 a
 fake previous-frame mask, otherwise zeros. Normalisation is `preprocess.normalize`.
+
+`anywhere=True` adds what EG1800's centred head-and-shoulders framing never shows (the paper's
+"portraits at anywhere"): a wider scale range (small people), a second person pasted from another
+training image (target: the union of both masks), and low light or a colour cast on the frame
+(both views, so the masks supervise them directly).
 """
 
 from __future__ import annotations
@@ -29,16 +34,23 @@ CONTRAST = (0.6, 1.5)
 SHARPNESS = (0.8, 1.3)
 MOTION_BLUR = (5, 30)
 JITTER = 0.05
+SCALE_ANYWHERE = (0.25, 1.5)
+PASTE_SCALE = (0.3, 0.9)  # of the pasted person's fit-to-size
+P_PASTE, P_DARK, P_CAST = 0.3, 0.2, 0.2
+GAMMA_DARK = (1.5, 3.0)
+CAST = (0.75, 1.25)
 EDGE_WIDTH = 4
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13  # PIL's SMOOTH, as ImageEnhance.Sharpness
 
 
-def deformation(rng: np.random.Generator, height: int, width: int, size: int) -> np.ndarray:
+def deformation(
+    rng: np.random.Generator, height: int, width: int, size: int, scale_range: tuple[float, float] = SCALE
+) -> np.ndarray:
     """2x3 affine from the frame to the size x size input: fit-to-size (the letterbox), then
     scale, rotation, shift and flip, each with p = 0.5."""
     scale, angle, dx, dy = size / max(height, width), 0.0, 0.0, 0.0
     if rng.random() < P:
-        scale *= rng.uniform(*SCALE)
+        scale *= rng.uniform(*scale_range)
     if rng.random() < P:
         angle = rng.uniform(-ROTATION, ROTATION)
     if rng.random() < P:
@@ -144,6 +156,52 @@ def edge_target(mask: np.ndarray) -> np.ndarray:
     return edge
 
 
+def paste_person(
+    rgb: np.ndarray, mask: np.ndarray, other_rgb: np.ndarray, other_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste the masked person of another frame onto this size x size one, scaled and shifted
+    anywhere; the target is the union of both masks."""
+    size = mask.shape[0]
+    h, w = other_mask.shape
+    scale = size / max(h, w) * rng.uniform(*PASTE_SCALE)
+    dx, dy = rng.uniform(-0.5, 0.5, 2) * size
+    m = np.float64([[scale, 0, (size - scale * w) / 2 + dx], [0, scale, (size - scale * h) / 2 + dy]])
+    if rng.random() < P:
+        m[0] = -m[0]
+        m[0, 2] += size
+    img, msk = warp_pair(other_rgb, other_mask, m, size)
+    keep = msk[..., None] > 0
+    return np.where(keep, img, rgb), np.maximum(mask, msk)
+
+
+def lighting(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Low light (a gamma that darkens) and a colour cast (per-channel gains), each sometimes."""
+    img = rgb.astype(np.float32) / 255.0
+    if rng.random() < P_DARK:
+        img = img ** rng.uniform(*GAMMA_DARK)
+    if rng.random() < P_CAST:
+        img = img * rng.uniform(*CAST, 3).astype(np.float32)
+    return np.clip(img * 255.0, 0, 255).round().astype(np.uint8)
+
+
+REFRAME_SCALE = 0.5
+
+
+def reframe(rgb: np.ndarray, mask: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """The harder validation framing: the frame shrunk to half its size and placed at a shift
+    keyed on `key` inside a canvas of the original size, whose background is the frame itself
+    enlarged and blurred beyond recognition (no person in it: the mask there is 0)."""
+    h, w = mask.shape
+    sh, sw = round(h * REFRAME_SCALE), round(w * REFRAME_SCALE)
+    rng = np.random.default_rng([1800, key])
+    y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+    canvas = cv2.GaussianBlur(rgb, (0, 0), sigmaX=max(h, w) / 8)
+    out_mask = np.zeros_like(mask)
+    canvas[y : y + sh, x : x + sw] = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+    out_mask[y : y + sh, x : x + sw] = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST)
+    return canvas, out_mask
+
+
 @dataclasses.dataclass
 class Sample:
     """One training sample: two 4xSxS float32 views, and SxS int64 mask and edge targets."""
@@ -155,10 +213,21 @@ class Sample:
 
 
 def make_sample(
-    rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator, size: int = INPUT_SIZE, in_channels: int = 4
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    size: int = INPUT_SIZE,
+    in_channels: int = 4,
+    other: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Sample:
-    """Augment one (image, 0/1 mask) pair into a student/teacher training sample."""
-    img, msk = warp_pair(rgb, mask, deformation(rng, *mask.shape, size), size)
+    """Augment one (image, 0/1 mask) pair into a student/teacher training sample; `other`, a
+    second pair, turns on the `anywhere` augmentations."""
+    scale_range = SCALE if other is None else SCALE_ANYWHERE
+    img, msk = warp_pair(rgb, mask, deformation(rng, *mask.shape, size, scale_range), size)
+    if other is not None:
+        if rng.random() < P_PASTE:
+            img, msk = paste_person(img, msk, *other, rng)
+        img = lighting(img, rng)
     prior = None
     if in_channels == 4 and rng.random() < P:
         img, msk, prior = fake_prior(img, msk, rng)

@@ -20,16 +20,26 @@ class PortraitDataset(Dataset):
     """Augmented samples of (image, mask) pairs, indexed by (epoch, index) or by index alone
     (then the epoch set by `set_epoch`).
 
+    `anywhere=True` adds the augmentations of `augment.make_sample` for framings EG1800 lacks.
     `cache=True` decodes every pair once, before the loader forks its workers (they share the
     pages): decoding is a fifth of a sample's CPU time, and EG1800 holds 0.6 GB decoded.
     """
 
     def __init__(
-        self, pairs: list[Pair], size: int = INPUT_SIZE, seed: int = 0, in_channels: int = 4, cache: bool = False
+        self,
+        pairs: list[Pair],
+        size: int = INPUT_SIZE,
+        seed: int = 0,
+        in_channels: int = 4,
+        cache: bool = False,
+        anywhere: bool = False,
     ) -> None:
-        self.pairs, self.size, self.seed, self.in_channels = pairs, size, seed, in_channels
+        self.pairs, self.size, self.seed, self.in_channels, self.anywhere = pairs, size, seed, in_channels, anywhere
         self.epoch = 0
         self.decoded = [load_pair(p) for p in tqdm(pairs, desc="decoding", unit="img", leave=False)] if cache else None
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.decoded[index] if self.decoded is not None else load_pair(self.pairs[index])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,7 +49,7 @@ class PortraitDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        rgb, mask = self.decoded[index] if self.decoded is not None else load_pair(self.pairs[index])
         rng = np.random.default_rng([self.seed, epoch, index])
-        s = make_sample(rgb, mask, rng, self.size, self.in_channels)
+        other = self._pair(int(rng.integers(len(self.pairs)))) if self.anywhere else None
+        s = make_sample(*self._pair(index), rng, self.size, self.in_channels, other)
         return {k: torch.from_numpy(getattr(s, k)) for k in ("student", "teacher", "mask", "edge")}

@@ -1,15 +1,18 @@
-"""Turn a training run into the shipped model: weights only, verified, scored, with its curves.
+"""Turn a training run into the shipped model: weights only, verified, scored, logged.
 
-    python -m rcr_deploy.train.ship runs/rcrnet-eg1800 --data ../shared/data/eg1800 \
-        --baseline runs/portraitnet-eg1800 --command "rcr-deploy train ..."
+    python -m rcr_deploy.train.ship RUN --data ../shared/data/eg1800 --name NAME \
+        --hardware "1x H100 + 2-core CPU" --command "rcr-deploy train ..." [--start-samples N]
 
-writes rcr_deploy/assets/rcrnet-eg1800.pt (from the run's best.pt) and docs/training-eg1800.png,
-and prints both models' validation scores at 224x224 for the README.
+writes rcr_deploy/assets/rcrnet-eg1800.pt from the run's best.pt (refused unless the
+re-parameterisation check passes), appends the run to docs/training-log.json, redraws
+docs/training-log.png, and prints the validation scores at 224x224 on the split as it is and on
+its reframed version (`eval --reframe`) for the model card.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 
@@ -18,13 +21,14 @@ from rcr_deploy.errors import VerificationError
 from rcr_deploy.evaluate import evaluate
 from rcr_deploy.reparam import verify_model
 from rcr_deploy.runtime import load_runner
-from rcr_deploy.train.trainer import plot_histories, strip_training_state
+from rcr_deploy.train import log
+from rcr_deploy.train.trainer import strip_training_state
 
 DATA_TERMS = "EG1800 (academic research use only; these weights inherit that)"
 
 
-def _score(checkpoint: Path, data: Path) -> dict[str, float]:
-    report = evaluate(load_runner(checkpoint), data, split="val")
+def _score(checkpoint: Path, data: Path, reframe: bool) -> dict[str, float]:
+    report = evaluate(load_runner(checkpoint), data, split="val", reframe=reframe)
     return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "images": report.n_images}
 
 
@@ -32,24 +36,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder with best.pt and history.json")
     parser.add_argument("--data", type=Path, required=True, help="the dataset the run was validated on")
-    parser.add_argument("--baseline", type=Path, help="a second run folder to score and plot beside it")
-    parser.add_argument("--command", default="", help="the training command(s), recorded in the meta")
+    parser.add_argument("--name", required=True, help="the run's name in the training log")
+    parser.add_argument("--hardware", required=True, help="what it ran on, for the log")
+    parser.add_argument("--command", default="", help="the training command(s), recorded in the meta and the log")
+    parser.add_argument("--start-samples", type=int, default=0, help="samples seen by the weights it was initialised from")
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--plot", type=Path, default=Path("docs/training-eg1800.png"))
+    parser.add_argument("--log", type=Path, default=Path("docs/training-log.json"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/training-log.png"))
     args = parser.parse_args()
 
-    bests = {load_checkpoint(run / "best.pt").arch: run for run in [args.run, *([args.baseline] if args.baseline else [])]}
-    scores = {arch: _score(run / "best.pt", args.data) for arch, run in bests.items()}
-    shipped = next(iter(bests))
-    strip_training_state(args.run / "best.pt", args.out, val_224=scores[shipped], command=args.command, dataset=DATA_TERMS)
-    failed = [r for r in verify_model(load_checkpoint(args.out).model, shipped) if not r]
+    best = args.run / "best.pt"
+    scores = {"val_224": _score(best, args.data, False), "val_224_reframed": _score(best, args.data, True)}
+    strip_training_state(best, args.out, **scores, command=args.command, dataset=DATA_TERMS)
+    shipped = load_checkpoint(args.out)
+    failed = [r for r in verify_model(shipped.model, shipped.arch) if not r]
     if failed:
         args.out.unlink()
         raise VerificationError(f"{args.out}: re-parameterisation check failed ({failed[0].name}); not shipped")
-    plot_histories({arch: json.loads((run / "history.json").read_text()) for arch, run in bests.items()}, args.plot)
-    for arch, run in bests.items():
-        meta = load_checkpoint(run / "best.pt").meta
-        print(json.dumps({"arch": arch, "epochs": meta["epochs_done"], "wall_s": meta["wall_s"], "val_224": scores[arch]}))
+    history = json.loads((args.run / "history.json").read_text())
+    n_train = 1206 if "eg1800" in str(args.data) else 0
+    entry = log.run_entry(
+        history, n_train, name=args.name, hardware=args.hardware, command=args.command,
+        date=datetime.date.today().isoformat(), start_samples=args.start_samples,
+        wall_s=shipped.meta.get("wall_s"), best=shipped.meta.get("best"), **scores,
+    )  # fmt: skip
+    log.plot_log(log.append(args.log, entry), args.plot)
+    print(json.dumps({"shipped": str(args.out), "epochs": shipped.meta.get("epochs_done"), **scores}))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     cache: bool = False
+    anywhere: bool = False
     schedule: str = "paper"
     warmup_epochs: int = 0
     init: str = ""
@@ -213,7 +214,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         # Decode only after every cheap check has passed.
-        self.dataset = PortraitDataset(self.train_pairs, cfg.size, seed=cfg.seed, cache=cfg.cache)
+        self.dataset = PortraitDataset(self.train_pairs, cfg.size, seed=cfg.seed, cache=cfg.cache, anywhere=cfg.anywhere)
         self.weights = LossWeights(cfg.alpha, cfg.beta, cfg.temperature)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -487,17 +488,19 @@ def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.Pa
 
     fig, (ax_iou, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, history in histories.items():
-        epochs = [h["epoch"] for h in history]
-        if history and "val_fg_miou" in history[0]:
-            line = ax_iou.plot(epochs, [100 * h["val_fg_miou"] for h in history], "o-", label=f"{label}: fg mIoU")[0]
-            ax_iou.plot(epochs, [100 * h["val_class_miou"] for h in history], "s--", color=line.get_color(), label=f"{label}: class mIoU")
-        ax_loss.plot(epochs, [h["loss"] for h in history], "o-", label=label)
+        validated = [h for h in history if "val_fg_miou" in h]
+        if validated:
+            epochs = [h["epoch"] for h in validated]
+            line = ax_iou.plot(epochs, [100 * h["val_fg_miou"] for h in validated], "o-", label=f"{label}: fg mIoU")[0]
+            ax_iou.plot(epochs, [100 * h["val_class_miou"] for h in validated], "s--", color=line.get_color(), label=f"{label}: class mIoU")
+        ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], "-", label=label)
     ax_iou.set(xlabel="epoch", ylabel="validation IoU (%)", title="validation")
     ax_loss.set(xlabel="epoch", ylabel="L = Lm + αLc + βLe", title="training loss")
     for ax in (ax_iou, ax_loss):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -1,0 +1,64 @@
+"""The training log kept across sessions: one entry per run that fed the shipped model, with its
+hardware, samples seen, wall time and validation curve, and one plot of all of them.
+
+The log is `docs/training-log.json`; `python -m rcr_deploy.train.ship` appends to it and redraws
+`docs/training-log.png`. Samples are counted as the paper counts its schedule: one augmented
+image per sample (1206 training images x 2000 epochs = 2.4 M).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rcr_deploy.fileio import atomic_path, write_text_atomic
+
+PAPER_FG_MIOU = 96.33
+GOAL_FG_MIOU = 95.5
+PAPER_SAMPLES = 1206 * 2000
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def run_entry(history: list[dict[str, Any]], samples_per_epoch: int, **fields: Any) -> dict[str, Any]:
+    """A log entry from a run's history.json: its validated epochs as (epoch, samples, fg, class)."""
+    curve = [
+        [h["epoch"], h["epoch"] * samples_per_epoch, round(100 * h["val_fg_miou"], 2), round(100 * h["val_class_miou"], 2)]
+        for h in history
+        if "val_fg_miou" in h
+    ]
+    return {**fields, "epochs": history[-1]["epoch"] if history else 0, "samples": (history[-1]["epoch"] if history else 0) * samples_per_epoch, "curve": curve}
+
+
+def append(path: str | os.PathLike, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add or replace (same `name`) one entry; returns the whole log."""
+    log = [e for e in read_log(path) if e["name"] != entry["name"]] + [entry]
+    write_text_atomic(path, json.dumps(log, indent=1) + "\n")
+    return log
+
+
+def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Validation foreground mIoU against samples seen, one line per run, beside the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for entry in log:
+        xs = [(entry.get("start_samples", 0) + c[1]) / 1e6 for c in entry["curve"]]
+        ax.plot(xs, [c[2] for c in entry["curve"]], "o-", ms=3, label=f"{entry['name']} ({entry['hardware']})")
+    ax.axhline(PAPER_FG_MIOU, color="k", ls="--", lw=1, label=f"paper, 2.4 M samples ({PAPER_FG_MIOU})")
+    ax.axhline(GOAL_FG_MIOU, color="grey", ls=":", lw=1, label=f"goal ({GOAL_FG_MIOU})")
+    ax.set(xlabel="samples seen since initialisation (millions)", ylabel="val mean per-image fg IoU (%)", title="RCRNet on EG1800: training log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

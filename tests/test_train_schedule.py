@@ -1,0 +1,186 @@
+"""The run-length pieces of training: the run-wide sampler, the cosine schedule planned from a
+time limit, --init, the divergence stop, SIGINT/SIGTERM saving, and the `anywhere` augmentations."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rcr_deploy.checkpoint import load_checkpoint
+from rcr_deploy.data.augment import edge_target, make_sample, paste_person, reframe
+from rcr_deploy.data.dataset import PortraitDataset
+from rcr_deploy.data.folder import list_pairs, load_pair
+from rcr_deploy.errors import CheckpointError
+from rcr_deploy.fileio import sha256_file
+from rcr_deploy.reparam import reparameterize
+from rcr_deploy.train import trainer as trainer_mod
+from rcr_deploy.train.schedule import RunSampler, epoch_order, lr_factor, plan_epochs
+from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError
+from test_data import write_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("portraits"), n=7)  # 6 train, 1 val
+
+
+def config(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), arch="rcrnet", size=64, batch=2, epochs=2, workers=0, seed=3, lr=2e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_sampler_is_the_per_epoch_order_and_resumes_mid_epoch():
+    whole = list(RunSampler(7, 3, seed=5, epochs=3))
+    assert len(whole) == len(RunSampler(7, 3, seed=5, epochs=3)) == 9  # 3 batches (3, 3, 1) per epoch
+    for epoch in range(3):
+        flat = [j for batch in whole[3 * epoch : 3 * epoch + 3] for e, j in batch if e == epoch]
+        assert flat == epoch_order(7, 5, epoch)
+    assert list(RunSampler(7, 3, seed=5, epochs=3, start=(1, 2))) == whole[5:]
+
+
+def test_cosine_warms_up_then_ends_at_zero_and_the_paper_schedule_ignores_the_plan():
+    factors = [lr_factor("cosine", e, planned=20, warmup=4) for e in range(21)]
+    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8]) and factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:])) and factors[20] == pytest.approx(0.0)
+    assert lr_factor("paper", 40, planned=3) == pytest.approx(0.95**2)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor("linear", 1, 10)
+
+
+def test_plan_fits_the_measured_pace_into_the_time_left():
+    # 10 epochs took 20 s; 100 s remain: 50 more at that pace, 48 with the 3 % margin.
+    assert plan_epochs(done=12, measured_epochs=10, measured_s=20.0, remaining_s=100.0, cap=2000) == 12 + 48
+    assert plan_epochs(12, 10, 20.0, 100.0, cap=30) == 30
+    assert plan_epochs(12, 10, 20.0, -5.0, cap=30) == 13  # over time already: one more epoch
+
+
+def test_time_limited_cosine_run_plans_its_epochs_and_anneals(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "PLAN_AFTER_S", 0.0)  # plan after the first steady epoch
+    cfg = config(data, tmp_path / "run", epochs=400, schedule="cosine", time_limit_min=0.15, val_every=1000)
+    result = Trainer(cfg, progress=False).fit()
+    last = load_checkpoint(tmp_path / "run" / "last.pt").raw["trainer"]
+    assert 3 <= last["planned"] < 400 and result.stopped in ("epochs", "time_limit")
+    assert len(result.history) >= 3 and "val_fg_miou" in result.history[-1]  # the last epoch is validated
+    if result.stopped == "epochs":  # the curve ran out with the time: the last epochs had a tiny rate
+        assert last["epoch"] == last["planned"]
+
+
+def test_init_starts_from_weights_with_a_fresh_optimiser(data, tmp_path):
+    Trainer(config(data, tmp_path / "a", epochs=1), progress=False).fit()
+    src = load_checkpoint(tmp_path / "a" / "last.pt")
+    t = Trainer(config(data, tmp_path / "b", init=str(tmp_path / "a" / "last.pt")), progress=False)
+    for k, v in src.model.state_dict().items():
+        assert torch.equal(v, t.model.state_dict()[k]), k
+    assert t.epoch == 0 and not t.optimizer.state
+    assert load_checkpoint(tmp_path / "a" / "last.pt").meta["init"] is None
+
+
+def test_init_refuses_another_architecture_or_a_deploy_form(data, tmp_path):
+    Trainer(config(data, tmp_path / "a", max_steps=1), progress=False).fit()
+    with pytest.raises(CheckpointError, match="holds 'rcrnet' weights, not 'portraitnet'"):
+        Trainer(config(data, tmp_path / "b", arch="portraitnet", init=str(tmp_path / "a" / "last.pt")))
+    deploy = tmp_path / "deploy.pt"
+    from rcr_deploy.checkpoint import save_checkpoint
+
+    save_checkpoint(deploy, reparameterize(load_checkpoint(tmp_path / "a" / "last.pt").model), "rcrnet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rcr_deploy", "train", "--data", str(data), "--out", str(tmp_path / "c"), "--init", str(deploy)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "deploy-form checkpoint" in proc.stderr
+
+
+def test_divergence_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    Trainer(config(data, tmp_path / "run", epochs=1), progress=False).fit()
+    good = sha256_file(tmp_path / "run" / "last.pt")
+    real = trainer_mod.total_loss
+    calls = iter(range(100))
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        return {**terms, "loss": terms["loss"] * math.nan} if next(calls) == 1 else terms
+
+    monkeypatch.setattr(trainer_mod, "total_loss", poisoned)
+    t = Trainer(config(data, tmp_path / "run", epochs=3), resume=tmp_path / "run" / "last.pt", progress=False)
+    with pytest.raises(TrainError, match=r"loss is nan at epoch 2 step 2: training diverged"):
+        t.fit()
+    assert sha256_file(tmp_path / "run" / "last.pt") == good
+
+
+def test_saving_refuses_non_finite_weights(data, tmp_path):
+    t = Trainer(config(data, tmp_path / "run"), progress=False)
+    with torch.no_grad():
+        next(t.model.parameters()).fill_(math.inf)
+    with pytest.raises(TrainError, match="non-finite weights in .* not saved as last.pt"):
+        t._save("last.pt")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_last_pt_even_when_started_in_the_background(data, tmp_path, sig):
+    out = tmp_path / "run"
+    # start_new_session + SIG_IGN for SIGINT: how a non-interactive shell starts `cmd &`.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rcr_deploy", "train", "--data", str(data), "--out", str(out), "--size", "64",
+         "--batch", "1", "--epochs", "1000", "--workers", "0", "--threads", "1", "--val-every", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline:  # one epoch done: training is under way
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err
+    state = load_checkpoint(out / "last.pt").raw["trainer"]
+    assert state["global_step"] > 6  # saved mid-run at the step it stopped, not only at epoch 1's end
+
+
+def test_paste_person_targets_the_union_and_moves_image_and_mask_together():
+    rng = np.random.default_rng(0)
+    base = np.full((64, 64, 3), 10, np.uint8)
+    base_mask = np.zeros((64, 64), np.uint8)
+    base_mask[40:, :20] = 1
+    other = np.full((80, 60, 3), 200, np.uint8)
+    other_mask = np.zeros((80, 60), np.uint8)
+    other_mask[20:60, 15:45] = 1
+    for _ in range(20):
+        img, mask = paste_person(base, base_mask, other, other_mask, rng)
+        pasted = (img == 200).all(-1)
+        assert np.array_equal(mask, np.maximum(base_mask, pasted.astype(np.uint8)))  # union, nothing else
+        assert np.array_equal(img[~pasted], base[~pasted])  # outside the pasted person the frame is untouched
+
+
+def test_anywhere_samples_are_deterministic_and_keep_targets_consistent(data):
+    pairs = list_pairs(data, "train")
+    ds = PortraitDataset(pairs, 64, seed=1, anywhere=True)
+    a, b = ds[(3, 2)], ds[(3, 2)]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    s = make_sample(*load_pair(pairs[0]), np.random.default_rng(4), 64, 4, other=load_pair(pairs[1]))
+    assert set(np.unique(s.mask)) <= {0, 1} and s.student.shape == s.teacher.shape == (4, 64, 64)
+    assert np.array_equal(s.edge, edge_target(s.mask.astype(np.uint8)))  # the edge follows the pasted union
+
+
+def test_reframe_shrinks_and_shifts_and_keeps_the_person_count():
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[10:30, 5:25] = 1
+    img, out = reframe(rgb, mask, key=7)
+    assert img.shape == rgb.shape and out.shape == mask.shape
+    assert out.sum() == pytest.approx(mask.sum() / 4, rel=0.1)
+    assert np.array_equal(reframe(rgb, mask, key=7)[1], out) and not np.array_equal(reframe(rgb, mask, key=8)[1], out)
+
+
+def test_history_records_val_only_on_validated_epochs(data, tmp_path):
+    Trainer(config(data, tmp_path / "run", epochs=3, val_every=2), progress=False).fit()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert ["val_fg_miou" in h for h in history] == [False, True, True]  # epoch 2, then the last

@@ -185,15 +185,18 @@ def infer(
     codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
     device: str = typer.Option("cpu", help="Device for a checkpoint: cpu or cuda."),
+    server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
+    if server and model is not None:
+        raise RcrError("--model and --server: pass one; a server runs the model it was started with ('rcr-deploy serve MODEL')")
     out = out or DEFAULT_OUT_DIR / "infer"
     result = run_infer(
         source, model, out, save=save, background=background, feather=feather, prior=prior,
-        max_frames=frames, codec=codec, pipelined=pipeline, device=device,
+        max_frames=frames, codec=codec, pipelined=pipeline, device=device, server=server,
     )
     t = result.timings
     table = Table(title="where the time goes")
@@ -211,6 +214,45 @@ def infer(
         f"prior {'on' if result.prior else 'off'}, {'pipelined' if t.pipelined else 'one thread'}"
     )
     console.print(f"wrote {len(result.written)} file(s) to {out}/")
+
+
+# ---- serve
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, TensorRT engine or export folder; default: the built-in model."),
+    replicas: int = typer.Option(1, min=1, help="Model replicas (processes); Ray Serve spreads requests over them."),
+    max_batch: int = typer.Option(8, min=1, help="Most requests run as one model call (1: no batching)."),
+    batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a replica waits to fill a batch."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per replica; default: the cores shared among the replicas."),
+    max_megapixels: float = typer.Option(24.0, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
+    session_idle_s: float = typer.Option(60.0, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
+) -> None:
+    """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
+    import time
+
+    from rcr_deploy.errors import BackendUnavailable
+
+    try:
+        from rcr_deploy.serve import app as serve_app
+    except ImportError as e:
+        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
+    url = serve_app.start(
+        model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
+        threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
+    )
+    console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("shutting down ...")
+    finally:
+        serve_app.stop()
 
 
 # ---- train

@@ -478,12 +478,17 @@ def export_cmd(
     opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
     max_batch: int = typer.Option(8, help="TensorRT profile: largest batch."),
     force: bool = typer.Option(False, "--force", help="Replace existing artifacts in the output folder."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository of the artifacts (and engines) to this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
+    from rcr_deploy.exporters import triton as triton_repo
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    if triton is not None:
+        triton_repo.check_target(triton, force)
 
     result = export(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
@@ -491,6 +496,10 @@ def export_cmd(
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
         engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
     )
+    if triton is not None:
+        configs = triton_repo.write_repository(result.out_dir, triton, result.engines, max_batch=max_batch, force=force)
+        if not as_json:
+            console.print(f"Triton model repository: {triton} ({', '.join(c.parent.name for c in configs)})")
     if as_json:
         print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
         return

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rcr_deploy.errors import RcrError, VerificationError
+from rcr_deploy.serve import protocol as serve_limits
 
 app = typer.Typer(
     add_completion=False,
@@ -228,8 +229,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="HTTP port."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads per replica; default: the cores shared among the replicas."),
-    max_megapixels: float = typer.Option(24.0, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
-    session_idle_s: float = typer.Option(60.0, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
+    max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
+    session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
 ) -> None:
     """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
     import time

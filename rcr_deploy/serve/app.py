@@ -28,10 +28,10 @@ from starlette.responses import JSONResponse, Response
 
 from rcr_deploy.errors import RcrError
 from rcr_deploy.serve.protocol import (
-    BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, REPLICA_HEADER, SESSION_HEADER, RequestError,
+    BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, REPLICA_HEADER, SESSION_HEADER, SESSION_IDLE_S, RequestError,
     choose_output, decode_image, encode_result, error_body,
 )
-from rcr_deploy.serve.service import SESSION_IDLE_S, Item, SegmentService
+from rcr_deploy.serve.service import Item, SegmentService
 
 APP_NAME = "rcr-deploy"
 logger = logging.getLogger("ray.serve")

@@ -32,6 +32,8 @@ MAX_BODY_BYTES = 32 * 2**20
 #: Largest image in megapixels. A decoded frame costs ~30 bytes per pixel on the replica (RGB,
 #: the float probability, the letterbox square), so 24 MP (6000x4000) stays under ~1 GB per request.
 MAX_MEGAPIXELS = 24.0
+#: A video session's previous mask is dropped after this many seconds without a frame.
+SESSION_IDLE_S = 60.0
 
 
 class RequestError(Exception):
@@ -88,7 +90,7 @@ def decode_image(body: bytes, content_type: str | None, max_megapixels: float = 
     try:
         return load_image(io.BytesIO(body))
     except DataError as e:  # a truncated or corrupt file: its header read, its pixels did not
-        raise RequestError(400, f"corrupt or truncated image ({str(e).split('(', 1)[-1].rstrip(')')})") from e
+        raise RequestError(400, f"corrupt or truncated image ({e.__cause__ or e}); send the whole file") from e
 
 
 def encode_result(rgb: np.ndarray, alpha: np.ndarray, output: str, extra: dict[str, Any]) -> tuple[bytes, str]:

@@ -20,9 +20,8 @@ from rcr_deploy.infer import Segmenter
 from rcr_deploy.metrics import THRESHOLD
 from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import Runner, load_runner
+from rcr_deploy.serve.protocol import SESSION_IDLE_S
 
-#: A stream's previous mask is dropped after this many seconds without a frame.
-SESSION_IDLE_S = 60.0
 
 
 def model_manifest(runner: Runner, segmenter: Segmenter) -> dict[str, Any]:

@@ -222,6 +222,17 @@ def test_client_reports_unreachable_server(tmp_path):
     assert result.exit_code != 0 and "cannot reach the server" in str(result.exception)
 
 
+def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args, reason in [([str(tmp_path / "nope.pt")], "nope.pt"), (["--port", str(port)], f"--port {port}")]:
+            proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "serve", *args], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and reason in proc.stderr
+
+
 def test_sessions_are_forgotten_after_idle_timeout():
     service = SegmentService(None, session_idle_s=0.2)
     rgb = cv2.imread(str(SAMPLE))[..., ::-1]

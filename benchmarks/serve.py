@@ -7,9 +7,11 @@ Each config (REPLICASxMAX_BATCH; max batch 1 = batching off) gets a fresh server
 At each concurrency, that many client threads (one keep-alive connection each) POST the built-in
 sample portrait (320x240 PNG) until `--requests` have been sent or `--seconds` have passed, and
 latency (send to last byte), throughput, errors and the batch sizes the replicas report are
-recorded. The bare runner is timed with the replicas' torch threads, in the same run at batch 1 and at each max batch, on the same
-preprocessed image, so "served / bare" compares like with like. The client threads run on the
-same machine as the server and take their share of its cores.
+recorded, with the CPU time the server's processes spent per image. Just before each config's
+server starts, the bare runner is timed at that config's max batch, with the replicas' torch
+threads, on the same image preprocessed, so "served / bare" compares like with like. On a busy
+machine wall-clock ratios swing with the other work; the CPU-time ratio holds. The client
+threads run on the same machine as the server and take their share of its cores.
 
 Results: benchmarks/results/serve-<machine>.json, .md and .png. Traffic goes only to 127.0.0.1.
 """
@@ -51,6 +53,29 @@ def _sample() -> Path:
     return Path(rcr_deploy.__file__).parent / "assets" / "sample-portrait.png"
 
 
+def server_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by every live process this one started: Ray's
+    services, Serve's proxy and controller, the replicas (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        except OSError:  # it exited meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {os.getpid()}, True
+    while grew:
+        added = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= added
+        grew = bool(added)
+    return sum(cpu[p] for p in tree - {os.getpid()})
+
+
 def load(port: int, body: bytes, concurrency: int, requests: int, seconds: float) -> dict[str, Any]:
     """`concurrency` threads send `body` until `requests` are sent or `seconds` pass."""
     lock = threading.Lock()
@@ -87,12 +112,12 @@ def load(port: int, body: bytes, concurrency: int, requests: int, seconds: float
         conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
+    cpu0, start = server_cpu_s(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, server_cpu_s() - cpu0
     stats = LatencyStats.from_ns(latencies, 1) if latencies else None
     return {
         "concurrency": concurrency,
@@ -104,6 +129,7 @@ def load(port: int, body: bytes, concurrency: int, requests: int, seconds: float
         "p90_ms": stats.p90_ms if stats else None,
         "p99_ms": stats.p99_ms if stats else None,
         "mean_batch": float(np.mean(batches)) if batches else None,
+        "server_cpu_ms_per_img": 1000.0 * cpu / len(latencies) if latencies else None,
     }
 
 
@@ -116,13 +142,14 @@ def bare(model: str | None, batch: int, threads: int, seconds: float) -> dict[st
     xb = np.repeat(x, batch, axis=0)
     for _ in range(3):
         segmenter.runner.infer(xb)
-    samples, end = [], time.monotonic() + seconds
+    samples, end, cpu0 = [], time.monotonic() + seconds, time.process_time()
     while time.monotonic() < end or len(samples) < 5:
         t0 = time.perf_counter_ns()
         segmenter.runner.infer(xb)
         samples.append(time.perf_counter_ns() - t0)
+    cpu_ms = 1000.0 * (time.process_time() - cpu0) / (batch * len(samples))
     s = LatencyStats.from_ns(samples, batch)
-    return {"batch": batch, "iterations": s.iterations, "p50_ms": s.p50_ms, "throughput_ips": float(s.throughput_ips)}
+    return {"batch": batch, "iterations": s.iterations, "p50_ms": s.p50_ms, "throughput_ips": float(s.throughput_ips), "cpu_ms_per_img": cpu_ms}
 
 
 def measure(
@@ -144,6 +171,7 @@ def measure(
                     cell.update(replicas=replicas, max_batch=max_batch, threads_per_replica=threads)
                     cell["bare"] = reference
                     cell["served_vs_bare"] = cell["throughput_ips"] / reference["throughput_ips"]
+                    cell["cpu_efficiency"] = reference["cpu_ms_per_img"] / cell["server_cpu_ms_per_img"] if cell["ok"] else None
                     rows.append(cell)
                     bar.update()
             finally:
@@ -188,18 +216,23 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Each replica and the bare runner use {m['threads']} torch thread(s). The bare runner is timed on the preprocessed "
         "image at the config's max batch just before that config's server starts.",
         "",
-        "| replicas | max batch | concurrency | ok | errors | img/s | p50 ms | p90 ms | p99 ms | mean batch | bare img/s | served / bare |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| replicas | max batch | concurrency | ok | errors | img/s | p50 ms | p90 ms | p99 ms | mean batch | bare img/s | served / bare "
+        "| server CPU ms/img | bare CPU ms/img | CPU: bare / server |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         errors = sum(r["errors"].values())
         lat = [f"{r[k]:.0f}" if r[k] is not None else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
         lines.append(
             f"| {r['replicas']} | {r['max_batch']} | {r['concurrency']} | {r['ok']} | {errors} | {r['throughput_ips']:.1f} | "
-            + " | ".join(lat) + f" | {r['mean_batch'] or 0:.1f} | {r['bare']['throughput_ips']:.1f} | {r['served_vs_bare']:.0%} |"
+            + " | ".join(lat) + f" | {r['mean_batch'] or 0:.1f} | {r['bare']['throughput_ips']:.1f} | {r['served_vs_bare']:.0%} "
+            f"| {r['server_cpu_ms_per_img'] or 0:.1f} | {r['bare']['cpu_ms_per_img']:.1f} | {r['cpu_efficiency'] or 0:.0%} |"
         )
     lines += ["", "served / bare: served images/s over the bare runner's images/s at the config's max batch "
-              "(the bare runner does no decoding, letterboxing, PNG encoding or HTTP)."]
+              "(the bare runner does no decoding, letterboxing, PNG encoding or HTTP). Server CPU ms/img: CPU time "
+              "of every server process (Ray, proxy, controller, replicas; not the client threads) per answered image; "
+              "CPU: bare / server is the share of the server's CPU time that the model itself needs. CPU time, unlike "
+              "wall time, barely depends on what else the machine runs, so that column is the one to compare across runs."]
     if min(m["load_average"][0], load_1m) > m["cores"]:
         lines += ["", f"With more runnable processes than cores, the kernel shares CPU time per process: the server "
                   "(proxy, replicas, client threads) gets a larger share of the machine than the one-process bare runner, "

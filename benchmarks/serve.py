@@ -158,6 +158,7 @@ def measure(
     from rcr_deploy.serve import app
 
     body = _sample().read_bytes()
+    load_start = list(os.getloadavg())
     rows = []
     with tqdm(total=len(configs) * len(concurrency), desc="serve load test", unit="cell") as bar:
         for replicas, max_batch in configs:
@@ -179,6 +180,7 @@ def measure(
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(threads),
+        "load_average_start": load_start,
         "load_average_end": list(os.getloadavg()),
         "versions": {"ray": _version("ray")},
         "model": load_runner(model).name,
@@ -209,7 +211,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"each cell: up to {s['requests']} requests or {s['seconds']:g} s; batch wait {s['batch_wait_ms']:g} ms; "
         f"client threads on the same machine.",
         "",
-        f"**The machine was loaded**: 1-minute load average {m['load_average'][0]:.1f} at the start and {load_1m:.1f} at the end "
+        f"**The machine was loaded**: 1-minute load average {result['load_average_start'][0]:.1f} at the start and {load_1m:.1f} at the end "
         f"on {m['cores']} cores (shared with a training job and other work). Absolute figures are low and noisy; "
         "the ratios within this run mean more. Regenerate with `python -m rcr_deploy.benchmarks.serve`.",
         "",
@@ -231,15 +233,25 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "served / bare: served images/s over the bare runner's images/s at the config's max batch "
               "(the bare runner does no decoding, letterboxing, PNG encoding or HTTP). Server CPU ms/img: CPU time "
               "of every server process (Ray, proxy, controller, replicas; not the client threads) per answered image; "
-              "CPU: bare / server is the share of the server's CPU time that the model itself needs. CPU time, unlike "
-              "wall time, barely depends on what else the machine runs, so that column is the one to compare across runs."]
-    if min(m["load_average"][0], load_1m) > m["cores"]:
+              "CPU: bare / server is the share of the server's CPU time that the model itself needs. CPU time depends "
+              "less than wall time on what else the machine runs, but still moves with it (shared caches, memory "
+              f"bandwidth): the bare runner's CPU ms/img ranged over {_spread(result)} in this run."]
+    if min(result["load_average_start"][0], load_1m) > m["cores"]:
         lines += ["", f"With more runnable processes than cores, the kernel shares CPU time per process: the server "
                   "(proxy, replicas, client threads) gets a larger share of the machine than the one-process bare runner, "
                   "so served / bare above 100 % reflects that share, not a real gain. On an idle machine the ratio is the "
                   "serving overhead."]
     lines.append("")
     return "\n".join(lines)
+
+
+def _spread(result: dict[str, Any]) -> str:
+    """The range of the bare runner's CPU ms/img at each batch size, e.g. '16.0-25.9 at batch 1'."""
+    parts = []
+    for batch in sorted({r["bare"]["batch"] for r in result["rows"]}):
+        cpu = [r["bare"]["cpu_ms_per_img"] for r in result["rows"] if r["bare"]["batch"] == batch]
+        parts.append(f"{min(cpu):.1f}-{max(cpu):.1f} at batch {batch}")
+    return ", ".join(parts)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -241,13 +241,14 @@ def serve(
         from rcr_deploy.serve import app as serve_app
     except ImportError as e:
         raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    _interrupt_on_term()  # a service manager's SIGTERM shuts down as cleanly as Ctrl-C
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
-    url = serve_app.start(
-        model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
-        threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
-    )
-    console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
-    try:
+    try:  # Ctrl-C while Ray starts also shuts down cleanly
+        url = serve_app.start(
+            model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
+            threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
+        )
+        console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -477,7 +478,7 @@ def export_cmd(
     engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine for every artifact."),
     min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
-    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch."),
+    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size)."),
     force: bool = typer.Option(False, "--force", help="Replace existing artifacts in the output folder."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository of the artifacts (and engines) to this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),

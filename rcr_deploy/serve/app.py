@@ -149,8 +149,9 @@ def start(
 
 
 def stop() -> None:
-    """Shut Serve and this process's Ray down."""
+    """Shut Serve and this process's Ray down (nothing to do if Ray never started)."""
     import ray
 
-    serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()

@@ -270,9 +270,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for batch in sorted({r["bare"]["batch"] for r in result["rows"]}):
         ips = float(np.mean([r["bare"]["throughput_ips"] for r in result["rows"] if r["bare"]["batch"] == batch]))
         ax1.axhline(ips, ls="--", lw=0.8, color="grey")
-        ax1.annotate(f"bare runner, batch {batch}", (1, ips), fontsize=7, color="grey", va="bottom")
+        ax1.annotate(f"bare runner, batch {batch} (mean of its timings)", (1, ips), fontsize=7, color="grey", va="bottom")
     for ax, title in ((ax1, "throughput (images/s)"), (ax2, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(result["settings"]["concurrency"], [str(c) for c in result["settings"]["concurrency"]])
         ax.set_xlabel("concurrent clients")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -241,7 +241,6 @@ def serve(
         from rcr_deploy.serve import app as serve_app
     except ImportError as e:
         raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
-    _interrupt_on_term()  # a service manager's SIGTERM shuts down as cleanly as Ctrl-C
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
@@ -249,6 +248,7 @@ def serve(
             threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
         )
         console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
+        _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -139,6 +139,7 @@ def start(
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     quiet = {"log_level": "WARNING", "enable_access_log": False}
+    logger.setLevel(logging.WARNING)  # the CLI prints its own progress and URL lines
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     app = Segment.options(num_replicas=replicas, max_ongoing_requests=max(32, 2 * max_batch)).bind(

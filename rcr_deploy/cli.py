@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rcr_deploy.errors import RcrError, VerificationError
+from rcr_deploy.serve import protocol as serve_limits
 
 app = typer.Typer(
     add_completion=False,
@@ -185,15 +186,18 @@ def infer(
     codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
     device: str = typer.Option("cpu", help="Device for a checkpoint: cpu or cuda."),
+    server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
+    if server and model is not None:
+        raise RcrError("--model and --server: pass one; a server runs the model it was started with ('rcr-deploy serve MODEL')")
     out = out or DEFAULT_OUT_DIR / "infer"
     result = run_infer(
         source, model, out, save=save, background=background, feather=feather, prior=prior,
-        max_frames=frames, codec=codec, pipelined=pipeline, device=device,
+        max_frames=frames, codec=codec, pipelined=pipeline, device=device, server=server,
     )
     t = result.timings
     table = Table(title="where the time goes")
@@ -211,6 +215,46 @@ def infer(
         f"prior {'on' if result.prior else 'off'}, {'pipelined' if t.pipelined else 'one thread'}"
     )
     console.print(f"wrote {len(result.written)} file(s) to {out}/")
+
+
+# ---- serve
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, TensorRT engine or export folder; default: the built-in model."),
+    replicas: int = typer.Option(1, min=1, help="Model replicas (processes); Ray Serve spreads requests over them."),
+    max_batch: int = typer.Option(8, min=1, help="Most requests run as one model call (1: no batching)."),
+    batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a replica waits to fill a batch."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per replica; default: the cores shared among the replicas."),
+    max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
+    session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
+) -> None:
+    """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
+    import time
+
+    from rcr_deploy.errors import BackendUnavailable
+
+    try:
+        from rcr_deploy.serve import app as serve_app
+    except ImportError as e:
+        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
+    try:  # Ctrl-C while Ray starts also shuts down cleanly
+        url = serve_app.start(
+            model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
+            threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
+        )
+        console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
+        _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("shutting down ...")
+    finally:
+        serve_app.stop()
 
 
 # ---- train
@@ -437,14 +481,19 @@ def export_cmd(
     engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine for every artifact."),
     min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
-    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch."),
+    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size)."),
     force: bool = typer.Option(False, "--force", help="Replace existing artifacts in the output folder."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository of the artifacts (and engines) to this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
+    from rcr_deploy.exporters import triton as triton_repo
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.runtime import DEFAULT_OUT_DIR
+
+    if triton is not None:
+        triton_repo.check_target(triton, force)
 
     result = export(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
@@ -452,6 +501,10 @@ def export_cmd(
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
         engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
     )
+    if triton is not None:
+        configs = triton_repo.write_repository(result.out_dir, triton, result.engines, max_batch=max_batch, force=force)
+        if not as_json:
+            console.print(f"Triton model repository: {triton} ({', '.join(c.parent.name for c in configs)})")
     if as_json:
         print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
         return

@@ -167,15 +167,21 @@ def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (base + alpha[..., None] * (fg.astype(np.float32) - base) + 0.5).astype(np.uint8)
 
 
-def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
-    """Write an RGB, RGBA or grey picture as PNG, atomically."""
+def encode_png(picture: np.ndarray) -> bytes:
+    """An RGB, RGBA or grey picture as PNG bytes (for files and for `rcr-deploy serve` responses)."""
     if picture.ndim == 3:
         picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     ok, data = cv2.imencode(".png", picture)
     if not ok:
-        raise RcrError(f"{path}: OpenCV could not encode the PNG")
+        raise RcrError(f"OpenCV could not encode a {picture.shape} picture as PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
+    """Write an RGB, RGBA or grey picture as PNG, atomically."""
+    data = encode_png(picture)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -524,11 +530,13 @@ def infer(
     pipelined: bool = True,
     progress: bool = True,
     device: str = "cpu",
+    server: str | None = None,
 ) -> InferResult:
     """Segment INPUT (image, folder, video file or camera index) and write the chosen outputs.
 
     `model` is a Runner, or what `load_runner` takes (None: the built-in model); it is loaded
-    only after the input and options have been checked, so a typo fails at once."""
+    only after the input and options have been checked, so a typo fails at once. With `server`
+    (the URL of a running `rcr-deploy serve`), that server segments the frames instead."""
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None
     kind, what = classify_input(source)
@@ -544,13 +552,18 @@ def infer(
         if max_frames:
             frames = _limit(video, max_frames)
             total = min(total or max_frames, max_frames)
-    runner = model if isinstance(model, Runner) else load_runner(model, device=device)
-    segmenter = Segmenter(runner, feather=feather)
+    if server:
+        from rcr_deploy.serve.client import RemoteSegmenter
+
+        segmenter: Segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior)
+    else:
+        runner = model if isinstance(model, Runner) else load_runner(model, device=device)
+        segmenter = Segmenter(runner, feather=feather)
     written, timings = run(
         frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
         total=total, progress=progress and (kind != "image"), live=kind == "camera",
     )
-    return InferResult(kind, runner.name, written, timings, use_prior and segmenter.in_channels == 4)
+    return InferResult(kind, segmenter.runner.name, written, timings, use_prior and segmenter.in_channels == 4)
 
 
 def _limit(frames: Iterable[tuple[str, np.ndarray]], n: int) -> Iterator[tuple[str, np.ndarray]]:

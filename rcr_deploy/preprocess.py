@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -41,10 +41,11 @@ def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
     }
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read any common image as HxWx3 uint8 RGB: EXIF rotation applied; grey, RGBA (composited
-    on grey 128), palette and 16-bit images converted."""
-    path = Path(path)
+def load_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """Read any common image (a file, or an open binary stream such as a request body) as HxWx3
+    uint8 RGB: EXIF rotation applied; grey, RGBA (composited on grey 128), palette and 16-bit
+    images converted."""
+    path = path if hasattr(path, "read") else Path(path)
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)

@@ -1,0 +1,108 @@
+"""The HTTP contract of `rcr-deploy serve`, without Ray: what a request may carry, how the image
+body is checked and decoded, and how a mask becomes a response body.
+
+Kept apart from the Ray application so that the client and the tests share the names, and so
+that every refusal is a `RequestError` (a status and one line) raised before the model runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rcr_deploy.errors import DataError
+
+#: Header naming a video stream: the replica keeps that stream's previous mask as the next prior.
+SESSION_HEADER = "X-Session-Id"
+#: Response header: how many requests the replica ran in the model call that served this one.
+BATCH_HEADER = "X-Batch-Size"
+#: Response header: which replica answered (sticky routing can be checked against it).
+REPLICA_HEADER = "X-Replica"
+#: `POST /segment?output=...`: what comes back.
+OUTPUTS = {"mask": "image/png", "cutout": "image/png", "json": "application/json"}
+#: Bodies accepted besides image/*: what curl and most HTTP libraries send for raw bytes.
+RAW_TYPES = ("application/octet-stream",)
+#: Largest request body; an encoded image past this is refused before it is read into a decoder.
+MAX_BODY_BYTES = 32 * 2**20
+#: Largest image in megapixels. A decoded frame costs ~30 bytes per pixel on the replica (RGB,
+#: the float probability, the letterbox square), so 24 MP (6000x4000) stays under ~1 GB per request.
+MAX_MEGAPIXELS = 24.0
+#: A video session's previous mask is dropped after this many seconds without a frame.
+SESSION_IDLE_S = 60.0
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def body(self) -> bytes:
+        return error_body(str(self))
+
+
+def error_body(message: str) -> bytes:
+    """The one-line JSON every error response carries."""
+    return (json.dumps({"error": message.splitlines()[0] if message else "error"}) + "\n").encode()
+
+
+def choose_output(query: str | None, accept: str | None) -> str:
+    """`?output=` wins; otherwise the Accept header picks JSON or a PNG mask (the default)."""
+    if query is not None:
+        if query not in OUTPUTS:
+            raise RequestError(400, f"output={query!r} is unknown; choose one of {', '.join(OUTPUTS)}")
+        return query
+    types = [t.split(";")[0].strip().lower() for t in (accept or "").split(",") if t.strip()]
+    if not types or any(t in ("*/*", "image/*", "image/png") for t in types):
+        return "mask"
+    if "application/json" in types:
+        return "json"
+    raise RequestError(406, f"Accept: {accept} cannot be served; ask for image/png or application/json (or ?output=)")
+
+
+def decode_image(body: bytes, content_type: str | None, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
+    """A request body -> HxWx3 uint8 RGB, or a `RequestError` (wrong type, empty, too large, not
+    an image, truncated). The image's size is read from its header before anything is decoded."""
+    from rcr_deploy.preprocess import load_image
+
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and not (kind.startswith("image/") or kind in RAW_TYPES):
+        raise RequestError(415, f"Content-Type {kind} is not an image; send the image bytes as image/* or application/octet-stream")
+    if not body:
+        raise RequestError(400, "empty body; send the bytes of one image (JPEG, PNG, BMP, TIFF or WebP)")
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body of {len(body) / 2**20:.0f} MiB is past the {MAX_BODY_BYTES // 2**20} MiB limit; send a smaller image")
+    try:
+        with Image.open(io.BytesIO(body)) as probe:
+            w, h = probe.size
+    except Image.DecompressionBombError as e:
+        raise RequestError(413, f"image past the {max_megapixels:g} MP limit ({e}); downscale it") from e
+    except Exception as e:  # Pillow raises several types for bytes that are no image at all
+        raise RequestError(400, f"body is not an image Pillow can read ({type(e).__name__}); send a JPEG, PNG, BMP, TIFF or WebP") from e
+    if w * h > max_megapixels * 1e6:
+        raise RequestError(413, f"{w}x{h} image is {w * h / 1e6:.1f} MP, past the {max_megapixels:g} MP limit; downscale it")
+    try:
+        return load_image(io.BytesIO(body))
+    except DataError as e:  # a truncated or corrupt file: its header read, its pixels did not
+        raise RequestError(400, f"corrupt or truncated image ({e.__cause__ or e}); send the whole file") from e
+
+
+def encode_result(rgb: np.ndarray, alpha: np.ndarray, output: str, extra: dict[str, Any]) -> tuple[bytes, str]:
+    """The response body and its media type: a grey PNG mask, an RGBA PNG cut-out, or JSON with
+    the mask PNG in base64 (plus `extra`, e.g. the model and the batch size)."""
+    from rcr_deploy.infer import compose, encode_png
+
+    if output == "cutout":
+        return encode_png(compose(rgb, alpha, "cutout")), OUTPUTS[output]
+    png = encode_png(compose(rgb, alpha, "mask"))
+    if output == "mask":
+        return png, OUTPUTS[output]
+    h, w = alpha.shape
+    payload = {"width": w, "height": h, "mask_png_base64": base64.b64encode(png).decode(), "person_fraction": float(alpha.mean()), **extra}
+    return json.dumps(payload).encode(), OUTPUTS[output]

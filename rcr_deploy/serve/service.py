@@ -1,0 +1,92 @@
+"""What one replica does, without Ray: a batch of frames -> one model call -> a mask per frame,
+with the previous mask of each video stream kept as its next prior.
+
+Preprocessing and postprocessing are `infer.Segmenter`'s, read from the model's manifest, so a
+served mask is the mask local `rcr-deploy infer` writes for the same frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from rcr_deploy.infer import Segmenter
+from rcr_deploy.metrics import THRESHOLD
+from rcr_deploy.preprocess import input_spec
+from rcr_deploy.runtime import Runner, load_runner
+from rcr_deploy.serve.protocol import SESSION_IDLE_S
+
+
+
+def model_manifest(runner: Runner, segmenter: Segmenter) -> dict[str, Any]:
+    """What `GET /v1/model` returns: the artifact's manifest, or for a checkpoint (which has none)
+    the input spec that preprocessing follows.
+
+    The one place the server reads a manifest; re-point it at the artifact module's reader when
+    there is one."""
+    if runner.manifest is not None:
+        return {"model": runner.name, **runner.manifest}
+    return {"model": runner.name, "input": input_spec(segmenter.size, runner.in_channels)}
+
+
+@dataclasses.dataclass
+class Item:
+    """One request inside a batch: a decoded frame and its stream (None: a still image)."""
+
+    rgb: np.ndarray
+    session: str | None = None
+
+
+class SegmentService:
+    """A runner, its Segmenter, and the per-stream priors of one replica."""
+
+    def __init__(self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S) -> None:
+        self.runner = load_runner(model)
+        self.segmenter = Segmenter(self.runner)
+        self.manifest = model_manifest(self.runner, self.segmenter)
+        self.session_idle_s = session_idle_s
+        #: session id -> (previous mask at frame size, time of its last frame)
+        self.sessions: dict[str, tuple[np.ndarray, float]] = {}
+        #: batch size -> model calls of that size, since the replica started
+        self.batch_sizes: Counter[int] = Counter()
+        self._lock = threading.Lock()  # the model call runs in a worker thread
+
+    def segment(self, items: list[Item]) -> list[np.ndarray]:
+        """Frames -> their person probability at frame size, in one model call."""
+        with self._lock:
+            self._forget_idle(time.monotonic())
+            seg = self.segmenter
+            boxes, inputs = [], []
+            for item in items:
+                resized, box = seg.letterbox(item.rgb)
+                boxes.append(box)
+                inputs.append(seg.model_input(resized, box, self._prior(item)))
+            logits = self.runner.infer(np.concatenate(inputs))
+            probs = [seg.probability(logits[i : i + 1], box) for i, box in enumerate(boxes)]
+            now = time.monotonic()
+            for item, prob in zip(items, probs):
+                if item.session is not None:  # as local infer: the next prior is this frame's hard mask
+                    self.sessions[item.session] = ((prob > THRESHOLD).astype(np.float32), now)
+            self.batch_sizes[len(items)] += 1
+            return probs
+
+    def _prior(self, item: Item) -> np.ndarray | None:
+        """The stream's previous mask; none (zeros) for a still image, a new stream, or a frame
+        whose size differs from the stream's last one."""
+        kept = self.sessions.get(item.session) if item.session is not None else None
+        if kept is None or kept[0].shape != item.rgb.shape[:2]:
+            return None
+        return kept[0]
+
+    def _forget_idle(self, now: float) -> None:
+        for sid in [s for s, (_, t) in self.sessions.items() if now - t > self.session_idle_s]:
+            del self.sessions[sid]
+
+    def stats(self) -> dict[str, Any]:
+        return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}, "sessions": len(self.sessions)}

@@ -1,0 +1,293 @@
+"""`rcr-deploy serve` and `rcr-deploy infer --server`, against a real Ray Serve server on localhost.
+
+One server (the CLI, in a subprocess, with the built-in model) serves the whole module; its
+teardown sends Ctrl-C and checks the clean shutdown. The replica-kill test runs last because it
+restarts the replica.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray.serve", reason="Ray Serve is the 'serve' extra: pip install 'rcr-deploy[serve]'")
+pytestmark = pytest.mark.timeout(300)  # bounded even if a server hangs
+
+from rcr_deploy import infer, video  # noqa: E402
+from rcr_deploy.data import synthetic  # noqa: E402
+from rcr_deploy.runtime import load_runner  # noqa: E402
+from rcr_deploy.serve.client import RemoteSegmenter  # noqa: E402
+from rcr_deploy.serve.protocol import BATCH_HEADER, SESSION_HEADER  # noqa: E402
+from rcr_deploy.serve.service import Item, SegmentService  # noqa: E402
+
+SAMPLE = Path(infer.__file__).parent / "assets" / "sample-portrait.png"
+START_S = 120  # Ray and the replica on a loaded 2-core machine
+RECOVER_S = 60  # a killed replica answers again within this (health checks every 2 s + model load)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    cmd = [sys.executable, "-m", "rcr_deploy", "serve", "--port", str(port), "--max-batch", "8", "--batch-wait-ms", "100", "--threads", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "serving" in line or proc.poll() is not None:
+            break
+    if "serving" not in lines[-1]:
+        proc.kill()
+        pytest.fail("server did not start:\n" + "".join(lines))
+    assert lines[0].startswith("starting Ray Serve")
+    url = f"http://127.0.0.1:{port}"
+    assert url in lines[-1]
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    rest = proc.stdout.read()
+    assert rc == 0, rest
+    assert "shutting down" in rest and "Traceback" not in rest
+
+
+def post(url: str, body: bytes, content_type: str = "image/png", **headers: str):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def png_array(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def local_mask(path: Path, tmp_path: Path) -> np.ndarray:
+    infer.infer(str(path), None, tmp_path / "local", save="mask", progress=False)
+    return png_array((tmp_path / "local" / f"{path.stem}_mask.png").read_bytes())
+
+
+def test_health_and_manifest(server):
+    assert get(f"{server}/healthz")["status"] == "ok"
+    manifest = get(f"{server}/v1/model")
+    assert manifest["input"]["size"] == [224, 224] and manifest["input"]["prior_channel"] == 3
+
+
+def test_served_mask_is_local_infer_mask(server, tmp_path):
+    status, headers, body = post(f"{server}/segment", SAMPLE.read_bytes())
+    assert status == 200 and headers["content-type"] == "image/png"
+    served = png_array(body)
+    expected = local_mask(SAMPLE, tmp_path)
+    assert served.shape == expected.shape and set(np.unique(served)) <= {0, 255}
+    assert np.array_equal(served, expected)
+    assert 0.05 < (served > 0).mean() < 0.95  # a real segmentation, not an empty or full mask
+
+
+def test_output_chosen_by_query_or_accept(server):
+    body = SAMPLE.read_bytes()
+    mask = png_array(post(f"{server}/segment", body)[2])
+    status, headers, cut = post(f"{server}/segment?output=cutout", body)
+    cutout = png_array(cut)
+    assert status == 200 and cutout.shape[2] == 4 and np.array_equal(cutout[..., 3], mask)
+    status, headers, js = post(f"{server}/segment", body, Accept="application/json")
+    assert headers["content-type"] == "application/json"
+    assert np.array_equal(png_array(base64.b64decode(json.loads(js)["mask_png_base64"])), mask)
+    assert post(f"{server}/segment", body, Accept="text/html")[0] == 406
+
+
+def test_concurrent_requests_are_batched(server):
+    body = SAMPLE.read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: post(f"{server}/segment", body), range(8)))
+    assert all(r[0] == 200 for r in results)
+    assert len({r[2] for r in results}) == 1  # a batched mask is the same mask
+    sizes = [int(r[1][BATCH_HEADER]) for r in results]
+    assert max(sizes) > 1, sizes
+    assert any(int(k) > 1 for k in get(f"{server}/v1/stats")["batch_sizes"])
+
+
+BAD_REQUESTS = {
+    "not an image": (b"hello, not an image", "image/png", "", 400),
+    "truncated": (SAMPLE.read_bytes()[:2000], "image/png", "", 400),
+    "empty": (b"", "image/png", "", 400),
+    "wrong content type": (SAMPLE.read_bytes(), "text/plain", "", 415),
+    "unknown output": (SAMPLE.read_bytes(), "image/png", "?output=svg", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_4xx_one_line_and_server_stays_up(server, case):
+    body, content_type, query, code = BAD_REQUESTS[case]
+    status, headers, reply = post(f"{server}/segment{query}", body, content_type)
+    assert status == code
+    text = reply.decode()
+    assert text.count("\n") == 1 and "Traceback" not in text
+    assert json.loads(text)["error"]
+    assert post(f"{server}/segment", SAMPLE.read_bytes())[0] == 200
+
+
+def test_image_past_the_size_limit_is_refused_before_decoding(server):
+    buf = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buf, "PNG")  # 64 MP, a few hundred kB on the wire
+    status, _, reply = post(f"{server}/segment", buf.getvalue())
+    assert status == 413 and "MP limit" in json.loads(reply)["error"]
+    assert post(f"{server}/segment", SAMPLE.read_bytes())[0] == 200
+
+
+def test_wrong_method_and_path(server):
+    assert post(f"{server}/nope", b"x")[0] == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{server}/segment", timeout=30)
+    assert e.value.code == 405
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    frames = [f for f, _ in synthetic.video(5, 96, 128, seed=3)]
+    return video.write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, fps=10)
+
+
+def test_video_through_server_carries_the_prior_like_local_infer(server, clip):
+    frames = list(video.VideoSource(clip))
+    local = infer.MemorySink()
+    infer.run(frames, infer.Segmenter(load_runner(None)), local, prior=True, progress=False)
+    no_prior = infer.MemorySink()
+    infer.run(frames, infer.Segmenter(load_runner(None)), no_prior, prior=False, progress=False)
+    remote = infer.MemorySink()
+    infer.run(frames, RemoteSegmenter(server, stream=True), remote, prior=True, progress=False)
+    local_masks = [(p > 0.5).astype(np.float32) for p in local.probs]
+    for a, b in zip(local_masks, remote.probs):
+        assert np.array_equal(a, b)
+    # The prior changes at least one frame's mask here, so the equality above is a real check.
+    assert any(not np.array_equal(a, (p > 0.5)) for a, p in zip(local_masks, no_prior.probs))
+
+
+def test_cli_client_writes_what_local_infer_writes(server, tmp_path):
+    from rcr_deploy.cli import app
+
+    from typer.testing import CliRunner
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic.sample_portrait(120, 90, seed=i)[0]).save(folder / f"p{i}.png")
+    runner = CliRunner()
+    for name, extra in [("local", []), ("remote", ["--server", server])]:
+        result = runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / name), "--save", "mask,cutout,overlay", *extra])
+        assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "remote").iterdir()) and len(files) == 6
+    for name in files:
+        assert np.array_equal(png_array((tmp_path / "local" / name).read_bytes()), png_array((tmp_path / "remote" / name).read_bytes())), name
+
+
+def test_client_reports_unreachable_server(tmp_path):
+    from rcr_deploy.cli import app
+
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["infer", str(SAMPLE), "-o", str(tmp_path), "--server", f"http://127.0.0.1:{_free_port()}"])
+    assert result.exit_code != 0 and "cannot reach the server" in str(result.exception)
+
+
+def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args, reason in [([str(tmp_path / "nope.pt")], "nope.pt"), (["--port", str(port)], f"--port {port}")]:
+            proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "serve", *args], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and reason in proc.stderr
+
+
+def test_sessions_are_forgotten_after_idle_timeout():
+    service = SegmentService(None, session_idle_s=0.2)
+    rgb = cv2.imread(str(SAMPLE))[..., ::-1]
+    service.segment([Item(rgb, "a")])
+    assert "a" in service.sessions and service._prior(Item(rgb, "a")) is not None
+    assert service._prior(Item(rgb[:100], "a")) is None  # another frame size: a new stream
+    time.sleep(0.3)
+    service.segment([Item(rgb, None)])
+    assert "a" not in service.sessions
+
+
+def test_killed_replica_under_load_is_restarted(server):
+    """Runs last: 4 clients keep sending while the replica's process is killed; Serve notices it
+    by its health check and starts a new one. Failed requests are counted, not forbidden."""
+    body = SAMPLE.read_bytes()
+    pid = get(f"{server}/v1/stats")["pid"]
+    outcomes: list[tuple[float, bool]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                ok = post(f"{server}/segment", body)[0] == 200
+            except OSError:
+                ok = False
+            outcomes.append((time.monotonic(), ok))
+            if not ok:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        while time.monotonic() - killed < RECOVER_S:
+            if get_pid(server) not in (None, pid) and any(ok and t > killed + 0.5 for t, ok in outcomes):
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    recovered = time.monotonic() - killed
+    failed = sum(not ok for t, ok in outcomes if t >= killed)
+    assert recovered < RECOVER_S, f"no new replica {RECOVER_S} s after the kill ({failed} failed requests)"
+    assert post(f"{server}/segment", body)[0] == 200
+    print(f"replica killed under load: a new replica answered after {recovered:.1f} s; {failed} of "
+          f"{sum(t >= killed for t, _ in outcomes)} requests after the kill failed")
+
+
+def get_pid(server: str) -> int | None:
+    try:
+        return get(f"{server}/v1/stats")["pid"]
+    except OSError:
+        return None

@@ -1,7 +1,8 @@
 """The `rcr-deploy` command line: thin typer commands that parse options and call the library.
 
-Bad input raises `RcrError` and becomes one line on stderr with exit code 2 (a traceback only
-with --debug); a failed equivalence check raises `VerificationError`, exit code 1.
+Errors become one line on stderr (a traceback only with --debug), by class (rcr_deploy.errors):
+bad input (`RcrError`) exits 2; a failed check (`VerificationError`) exits 1; our own defect
+(`InternalError`) exits 1 and says it is a bug.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcr_deploy.errors import RcrError, VerificationError
+from rcr_deploy.errors import InternalError, RcrError, VerificationError
 
 app = typer.Typer(
     add_completion=False,
@@ -36,10 +37,11 @@ def main() -> None:
     """Console-script entry point: maps typed errors to one line and an exit code."""
     try:
         app()
-    except (RcrError, VerificationError) as e:
+    except (RcrError, VerificationError, InternalError) as e:
         if _state["debug"]:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        hint = f"; {e.hint}" if isinstance(e, InternalError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
 
 
@@ -188,7 +190,7 @@ def infer(
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     out = out or DEFAULT_OUT_DIR / "infer"
     result = run_infer(
@@ -313,7 +315,7 @@ def bench(
 
     from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
     from rcr_deploy.benchmarks.report import print_table, write_json, write_markdown
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     if device == "auto":
         import torch
@@ -402,7 +404,7 @@ def demo(
     """The main job in one command, offline: export FP32 + INT8, verify, benchmark, segment an image and a clip, report."""
     from rcr_deploy.benchmarks.report import print_table
     from rcr_deploy.demo import run_demo
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     result = run_demo(out or DEFAULT_OUT_DIR / "demo", ckpt=model, log=console.print)
     print_table(result.bench, console)
@@ -441,7 +443,7 @@ def export_cmd(
     """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.tensorrt import EngineOptions
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     result = export(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
@@ -495,11 +497,10 @@ def build_cmd(
 ) -> None:
     """Build (or reuse from the cache) a TensorRT engine and validate it against ONNX Runtime."""
     from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
-    from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR, resolve
 
     require_tensorrt()
-    artifact = artifact or DEFAULT_OUT_DIR
-    path = artifact / ARTIFACT_NAMES["fp32"] if artifact.is_dir() else artifact
+    path = resolve(artifact or DEFAULT_OUT_DIR)
     engine = build_engine(path, EngineOptions(min_batch, opt_batch, max_batch, (size, size), workspace_mib), cache_dir, force)
     result = validate_engine(engine, path)
     s = result.summary()

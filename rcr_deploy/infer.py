@@ -31,7 +31,8 @@ from rcr_deploy.errors import DataError, RcrError
 from rcr_deploy.evaluate import foreground_prob
 from rcr_deploy.fileio import atomic_path
 from rcr_deploy.metrics import THRESHOLD
-from rcr_deploy.runtime import Runner, load_runner, manifest_path
+from rcr_deploy.artifact import manifest_path
+from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
 
 #: Per-frame stages, in pipeline order, as reported by `Timings`.

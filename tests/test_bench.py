@@ -21,7 +21,8 @@ from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.reparam import randomize_bn, reparameterize
-from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, Runner, manifest_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path
+from rcr_deploy.runtime import Runner
 
 SCHEMA = json.loads((Path(harness.__file__).with_name("schema.json")).read_text())
 SIZE = 64

@@ -186,7 +186,7 @@ def infer(
     frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C)."),
     codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
-    device: str = typer.Option("cpu", help="Device for a checkpoint: cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
@@ -368,18 +368,19 @@ def eval_(
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
     worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
 ) -> None:
     """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
     from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
-    runner = load_runner(model)
-    if size is None:
-        size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
-    report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch)
-    if per_image:
-        write_per_image_csv(report, per_image)
-    pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
+    with load_runner(model, device=device) as runner:
+        if size is None:
+            size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
+        report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch)
+        if per_image:
+            write_per_image_csv(report, per_image)
+        pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
     if as_json:
         fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
         print(json.dumps({**fields, "worst": [str(p) for p in pictures]}, indent=2))

@@ -13,6 +13,7 @@ see benchmarks/pipeline.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -545,12 +546,13 @@ def infer(
         if max_frames:
             frames = _limit(video, max_frames)
             total = min(total or max_frames, max_frames)
-    runner = model if isinstance(model, Runner) else load_runner(model, device=device)
-    segmenter = Segmenter(runner, feather=feather)
-    written, timings = run(
-        frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
-        total=total, progress=progress and (kind != "image"), live=kind == "camera",
-    )
+    # A Runner passed in stays open for its owner; one loaded here is closed here.
+    with contextlib.nullcontext(model) if isinstance(model, Runner) else load_runner(model, device=device) as runner:
+        segmenter = Segmenter(runner, feather=feather)
+        written, timings = run(
+            frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
+            total=total, progress=progress and (kind != "image"), live=kind == "camera",
+        )
     return InferResult(kind, runner.name, written, timings, use_prior and segmenter.in_channels == 4)
 
 

@@ -114,9 +114,13 @@ class TensorRTRunner(Runner):
         for name, tensor in ((self.input_name, x), (self.output_name, out)):
             if not self.context.set_tensor_address(name, tensor.data_ptr()):
                 raise InternalError(f"{self.path}: TensorRT refused the buffer address of {name!r}")
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        if not self.context.execute_async_v3(self._stream()):
             raise RcrError(f"{self.path}: TensorRT execution failed for input shape {tuple(x.shape)}; check the profile's batch range")
         return out
+
+    def _stream(self) -> int:
+        """torch's current CUDA stream, on which the engine runs and the harness times."""
+        return self._torch.cuda.current_stream().cuda_stream
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch

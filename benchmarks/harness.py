@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class BenchConfig:
 
     backends: list[str]
     engines: list[str] = dataclasses.field(default_factory=list)
+    #: Artifact files to time as they are (.onnx on ONNX Runtime, .engine on TensorRT).
+    artifacts: list[Path] = dataclasses.field(default_factory=list)
     batches: list[int] = dataclasses.field(default_factory=lambda: [1])
     out_dir: Path = DEFAULT_OUT_DIR
     ckpt: Path | None = None
@@ -83,6 +85,10 @@ class BenchConfig:
         unknown = [e for e in self.engines if e not in PRECISIONS]
         if unknown:
             raise RcrError(f"--engine {','.join(unknown)}: unknown; use one of {', '.join(PRECISIONS)}")
+        for path in self.artifacts:
+            if path.suffix not in (".onnx", ".engine") or not path.is_file():
+                what = "no such file" if not path.exists() else "not an .onnx artifact, .engine or export folder"
+                raise RcrError(f"{path}: {what}; bench takes ONNX artifacts, TensorRT engines or an export folder")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RcrError(f"--device {self.device}: no CUDA device on this machine; use --device cpu")
         if self.cuda_graphs and not self.device.startswith("cuda"):
@@ -161,7 +167,7 @@ def manifest_miou(manifest: dict[str, Any], precision: str) -> float | None:
 def _no_artifact(out_dir: Path) -> RcrError:
     return RcrError(
         f"{_artifact(out_dir, 'fp32')}: no exported artifact yet; run 'rcr-deploy export CKPT' in this folder "
-        f"first (or pass --out-dir, or --backend torch-deploy to time the checkpoint alone)"
+        f"first (or pass the export folder: rcr-deploy bench DIR, or --backend torch-deploy to time the checkpoint alone)"
     )
 
 
@@ -173,14 +179,15 @@ def _checkpoint_path(config: BenchConfig) -> Path:
 
     if config.ckpt is not None:
         return config.ckpt
-    recorded = _manifest(_artifact(config.out_dir, "fp32")).get("checkpoint") or {}
+    source = config.artifacts[0] if config.artifacts else _artifact(config.out_dir, "fp32")
+    recorded = _manifest(source).get("checkpoint") or {}
     if not recorded:
         return default_checkpoint()
     for candidate in (Path(recorded.get("path", recorded["file"])), Path(recorded["file"]), DEFAULT_CHECKPOINT):
         if candidate.is_file() and sha256_file(candidate) == recorded["sha256"]:
             return candidate
     raise RcrError(
-        f"{_artifact(config.out_dir, 'fp32')}: exported from {recorded.get('path', recorded['file'])}, which is no longer there; "
+        f"{source}: exported from {recorded.get('path', recorded['file'])}, which is no longer there; "
         "pass it with --ckpt (the torch baseline needs the same weights)"
     )
 
@@ -251,11 +258,19 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
             elif backend == "onnxruntime-unfused":
                 targets.append(_unfused_target(train, deploy, config, tmp, model_info, (fp32_miou, torch_miou_source)))
             else:
-                targets.append(_onnxruntime_target(backend.split("-")[1], config, model_info))
+                path = _artifact(config.out_dir, backend.split("-")[1])
+                if not path.is_file():
+                    raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {backend.split('-')[1]} among its precisions")
+                targets.append(_onnxruntime_target(path, backend, config, model_info))
         except Skip as why:
             skipped.append({"name": backend, "reason": str(why)})
     for precision in config.engines:
         targets.append(_tensorrt_target(precision, config, train.in_channels))
+    for path in config.artifacts:
+        if path.suffix == ".onnx":
+            targets.append(_onnxruntime_target(path, f"onnxruntime:{path.name}", config, model_info))
+        else:
+            targets.append(_engine_target(path, config, train.in_channels))
     return targets, skipped, model_info
 
 
@@ -280,17 +295,15 @@ def _ort_providers(device: str) -> list[str]:
         raise Skip(str(e).split(": ", 1)[-1]) from None
 
 
-def _onnxruntime_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    path = _artifact(config.out_dir, precision)
-    if not path.is_file():
-        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {precision} among its precisions")
     providers = _ort_providers(config.device)
+    precision = _manifest(path).get("precision", "fp32")
     miou = manifest_miou(_manifest(path), precision)
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
-        f"onnxruntime-{precision}", "onnxruntime", precision, "deploy",
+        name, "onnxruntime", precision, "deploy",
         lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
         artifact=path, macs=count_macs_onnx(path, in_shape).macs, params=model_info["params_deploy"],
         miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
@@ -335,18 +348,32 @@ def _tensorrt_target(precision: str, config: BenchConfig, in_channels: int) -> T
     options = trt_export.EngineOptions(
         max_batch=max(trt_export.EngineOptions().max_batch, *config.batches), size=(config.size, config.size)
     )
-    engine = trt_export.build_engine(artifact, options)
-    miou = manifest_miou(_manifest(artifact), precision)
+    return _engine_target(trt_export.build_engine(artifact, options), config, in_channels, artifact, precision)
+
+
+def _engine_target(engine: Path, config: BenchConfig, in_channels: int, artifact: Path | None = None, precision: str | None = None) -> Target:
+    """A TensorRT engine as it is; its MACs are counted on the ONNX artifact it was built from
+    (named in its manifest, found beside its engines/ folder)."""
+    from rcr_deploy.exporters import tensorrt as trt_export
+
+    trt_export.require_tensorrt()
+    record = _manifest(engine)
+    precision = precision or record.get("precision", "fp32")
+    if artifact is None:
+        source = engine.parent.parent / (record.get("engine") or {}).get("source", "")
+        artifact = source if source.suffix == ".onnx" and source.is_file() else None
+    miou = manifest_miou(record, precision)
 
     def load() -> Runner:
         runner = trt_export.TensorRTRunner(engine)
         check_engine_batch(runner, max(config.batches))
         return runner
 
+    in_shape = (1, in_channels, config.size, config.size)
     return Target(
-        f"tensorrt-{precision}", "tensorrt", precision, "deploy", load, artifact=engine,
-        macs=count_macs_onnx(artifact, (1, in_channels, config.size, config.size)).macs, miou=miou,
-        miou_source=manifest_path(artifact).name if miou is not None else None,
+        f"tensorrt-{precision}" if artifact else f"tensorrt:{engine.name}", "tensorrt", precision, "deploy", load, artifact=engine,
+        macs=count_macs_onnx(artifact, in_shape).macs if artifact else None, miou=miou,
+        miou_source=manifest_path(engine).name if miou is not None else None,
     )
 
 
@@ -450,7 +477,8 @@ def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray], ru
         start = time.perf_counter()
         runner = runners.enter_context(target.load())
         # The first call is part of loading: torch.compile compiles there, lazy backends initialise.
-        runner.infer(inputs[min(inputs)][:1])
+        with _compiling(target):
+            runner.infer(inputs[min(inputs)][:1])
         load_s = time.perf_counter() - start
         calls = {}
         for batch, x in inputs.items():
@@ -459,6 +487,18 @@ def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray], ru
             for _ in range(config.warmup):
                 calls[batch]()
     return _Loaded(target, runner, calls, load_s, mem["peak_bytes"])
+
+
+@contextlib.contextmanager
+def _compiling(target: Target) -> Iterator[None]:
+    """A spinner with a message on stderr while torch.compile compiles (minutes, with no output otherwise)."""
+    if target.backend != "torch.compile":
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"{target.name}: torch.compile is compiling the model (1-3 minutes the first time)..."):
+        yield
 
 
 def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> dict[str, Any]:

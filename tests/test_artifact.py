@@ -205,7 +205,7 @@ def test_corrupt_sidecar_is_one_line_exit_2_in_every_reading_command(tmp_path, c
     args = {
         "eval": ["eval", str(out), "--data", str(tmp_path)],
         "infer": ["infer", str(image), "-m", str(out), "-o", str(tmp_path / "o")],
-        "bench": ["bench", "--backend", "onnxruntime-fp32", "--out-dir", str(out)],
+        "bench": ["bench", str(out), "--backend", "onnxruntime-fp32"],
     }[command]
     proc = subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -63,7 +63,7 @@ def cli_run(export_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     args = ["bench", "--backend", "torch-deploy,onnxruntime-unfused,onnxruntime-fp32,onnxruntime-int8", "--batch", "1,2",
             "--size", str(SIZE), "--iters", "6", "--warmup", "1", "--threads", "2",
-            "--json", str(out / "r.json"), "--md", str(out / "r.md"), "--plot", str(out / "r.png")]  # fmt: skip
+            "--json-out", str(out / "r.json"), "--md", str(out / "r.md"), "--plot", str(out / "r.png")]  # fmt: skip
     cwd = Path.cwd()
     try:
         os.chdir(export_folder)  # the user's flow: bench in the folder where export ran
@@ -162,11 +162,37 @@ def test_cli_zero_iterations_exit_2_without_work(tmp_path):
 
 
 def test_cli_no_artifact_names_the_export_command(tmp_path):
-    out = run_cli("bench", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    out = run_cli("bench", "--json-out", str(tmp_path / "r.json"), cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "rcr-deploy-out/rcrnet.onnx" in out.stderr and "rcr-deploy export" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no partial report
+
+
+def test_cli_bench_times_an_artifact_path_and_json_prints(export_folder, tmp_path):
+    """`bench ARTIFACT.onnx --json`: the baseline and that file only; the report on stdout, nothing written."""
+    artifact = export_folder / DEFAULT_OUT_DIR / ARTIFACT_NAMES["fp32"]
+    out = run_cli("bench", str(artifact), "--json", "--iters", "2", "--warmup", "0", "--size", str(SIZE), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    jsonschema.validate(report, SCHEMA)
+    assert [r["name"] for r in report["results"]] == ["torch-train", "onnxruntime:rcrnet.onnx"]
+    assert report["results"][1]["miou"] == pytest.approx(95.12) and list(tmp_path.iterdir()) == []
+    bad = run_cli("bench", str(export_folder / "ckpt.pt"), cwd=tmp_path)
+    assert bad.returncode == 2 and "ckpt.pt: not an .onnx artifact, .engine or export folder" in bad.stderr
+
+
+def test_table_fits_80_columns_and_uses_the_wide_layout_at_120(cli_run):
+    from rich.console import Console
+
+    from rcr_deploy.benchmarks.report import print_table
+
+    for width, header in ((80, "p99 ms"), (120, "peak MB")):
+        console = Console(width=width, record=True)
+        print_table(cli_run[1], console)
+        text = console.export_text()
+        table = text[: text.index("× base: p50")]
+        assert "…" not in table and header in table and max(map(len, table.splitlines())) <= width
 
 
 def _has_tensorrt_and_gpu() -> bool:

@@ -22,7 +22,7 @@ from rcr_deploy.preprocess import input_spec
 from rcr_deploy.exporters.onnx import INPUT_NAME, OUTPUT_NAME
 
 CLASSES = ["background", "person"]
-TOOLS = ("rcr-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "numpy")
+TOOLS = ("rcr-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxsim", "onnxconverter-common", "numpy")
 
 
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

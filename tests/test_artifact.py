@@ -216,3 +216,40 @@ def test_embedded_manifest_key_is_the_documented_one(tmp_path):
     artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
     props = {p.key: p.value for p in onnx.load(str(artifact)).metadata_props}
     assert json.loads(props[MANIFEST_METADATA_KEY])["format"] == "rcr-deploy-manifest"
+
+
+# ------------------------------------------------------------------------ runners' lifecycle
+
+
+def test_runner_is_a_context_manager_and_refuses_infer_after_close(tmp_path):
+    from rcr_deploy.runtime import load_runner
+
+    artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
+    x = np.zeros((1, 4, 32, 32), np.float32)
+    with load_runner(tmp_path) as runner:
+        assert runner.active and runner.infer(x).shape == (1, 4, 32, 32)
+        assert runner.manifest["precision"] == "fp32" and runner.path == artifact
+    assert not runner.active
+    runner.close()  # twice is fine
+    with pytest.raises(InternalError, match="after close"):
+        runner.infer(x)
+
+
+def test_load_runner_honours_the_device_or_refuses_in_one_line(tmp_path):
+    import onnxruntime
+
+    from rcr_deploy.runtime import load_runner
+
+    _tiny_artifact(tmp_path / "rcrnet.onnx")
+    with pytest.raises(RcrError, match="--device tpu: unknown device"):
+        load_runner(tmp_path, device="tpu")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        with load_runner(tmp_path, device="cuda") as runner:
+            assert runner.session.get_providers()[0] == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(RcrError, match="no CUDA provider; pip install onnxruntime-gpu, or use --device cpu"):
+            load_runner(tmp_path, device="cuda")
+    engine = tmp_path / "rcrnet.engine"
+    engine.write_bytes(b"engine")
+    with pytest.raises(RcrError, match="runs on a CUDA GPU only; pass --device cuda"):
+        load_runner(engine, device="cpu")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rcr_deploy.errors import InternalError, ManifestError, RcrError
-from rcr_deploy.fileio import sha256_file, write_text_atomic
+from rcr_deploy.fileio import sha256_file, umask_mode, write_text_atomic
 
 #: Where `export` writes and where `bench`, `eval`, `infer` and `build` look by default.
 DEFAULT_OUT_DIR = Path("rcr-deploy-out")
@@ -212,6 +212,7 @@ class ExportSet:
             shutil.rmtree(stale, ignore_errors=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stamp}-", dir=versions))
+        os.chmod(self.path, umask_mode(0o777))  # mkdtemp's 0700 would hide the published set from other users
         (self.path / ENGINES).mkdir()
         timing = self.out_dir / CURRENT / ENGINES / "timing.cache"
         if timing.is_file():  # TensorRT's timing cache outlives the set it was made for

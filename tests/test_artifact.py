@@ -147,6 +147,9 @@ def test_commit_publishes_one_whole_set_and_keeps_one_previous_version(tmp_path)
     out = tmp_path / "out"
     _publish(out, ("fp32", "fp16"))
     assert read_manifest(out / ARTIFACT_NAMES["fp16"])["precision"] == "fp16"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / CURRENT).resolve().stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     first = os.readlink(out / CURRENT)
     _publish(out, ("fp32",))
     # The new set has no FP16: its name is a dangling link, absent to every reader.

@@ -224,12 +224,15 @@ class ExportSet:
         version = self.path.with_name(self.path.name[len(STAGING_PREFIX):])
         os.replace(self.path, version)
         self.path = version
-        for entry in version.iterdir():
-            link = self.out_dir / entry.name
-            if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{entry.name}"):
+        # Every artifact name gets its link, even one this set lacks: a loose file of the older,
+        # unversioned layout must not outlive the set it belonged to.
+        known = {n for a in ARTIFACT_NAMES.values() for n in (a, manifest_path(a).name)}
+        for name in sorted(known | {e.name for e in version.iterdir()}):
+            link = self.out_dir / name
+            if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
                 if link.is_dir() and not link.is_symlink():
-                    shutil.rmtree(link)  # an engines/ folder of the older, unversioned layout
-                _swap_link(link, f"{CURRENT}/{entry.name}")
+                    shutil.rmtree(link)  # an engines/ folder of the older layout
+                _swap_link(link, f"{CURRENT}/{name}")
         previous = (self.out_dir / CURRENT).resolve() if (self.out_dir / CURRENT).is_symlink() else None
         _swap_link(self.out_dir / CURRENT, f"{VERSIONS}/{version.name}")
         keep = (version.resolve(), previous)

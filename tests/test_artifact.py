@@ -159,6 +159,14 @@ def test_commit_publishes_one_whole_set_and_keeps_one_previous_version(tmp_path)
     assert not (out / first).exists() and len(list((out / VERSIONS).iterdir())) == 2
 
 
+def test_an_older_flat_folder_is_taken_over_whole(tmp_path):
+    out = tmp_path / "out"
+    _tiny_artifact(out / ARTIFACT_NAMES["int8"], "int8")  # loose files of the unversioned layout
+    _publish(out, ("fp32",))
+    assert (out / ARTIFACT_NAMES["fp32"]).is_file() and not (out / ARTIFACT_NAMES["int8"]).is_file()
+    assert not manifest_path(out / ARTIFACT_NAMES["int8"]).is_file()
+
+
 def test_existing_set_kept_unless_force(tmp_path):
     out = tmp_path / "out"
     _publish(out, ("fp32",))

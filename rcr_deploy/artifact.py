@@ -67,7 +67,11 @@ def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
         return path
     artifact = path / ARTIFACT_NAMES[precision]
     if not artifact.is_file():
-        flags = "" if precision == "fp32" else f" --precision {precision}" + (" --calib DIR" if precision == "int8" else "")
+        # The command that makes it: a new set with what the folder has now plus the missing one.
+        have = [p for p, name in ARTIFACT_NAMES.items() if (path / name).is_file()]
+        wanted = [p for p in ARTIFACT_NAMES if p != "fp32" and (p in have or p == precision)]
+        flags = (f" --precision {','.join(wanted)}" if wanted else "") + (" --calib DIR" if "int8" in wanted else "")
+        flags += " --force" if have else ""
         raise RcrError(f"{artifact}: no {precision} artifact in this export folder; run 'rcr-deploy export CKPT --out {path}{flags}'")
     return artifact
 

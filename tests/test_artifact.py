@@ -120,8 +120,12 @@ def test_missing_manifest_and_missing_precision_name_the_fix(tmp_path):
     assert read_manifest(artifact, missing_ok=True) is None
     with pytest.raises(ManifestError, match="no manifest"):
         read_manifest(artifact)
-    with pytest.raises(RcrError, match="rcr-deploy export CKPT --out .* --precision int8 --calib DIR"):
-        resolve(tmp_path, "int8")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RcrError, match="rcr-deploy export CKPT --out .*empty --precision int8 --calib DIR'"):
+        resolve(tmp_path / "empty", "int8")  # a first export: no --force
+    _tiny_artifact(tmp_path / ARTIFACT_NAMES["fp16"], "fp16")
+    with pytest.raises(RcrError, match="--precision fp16,int8 --calib DIR --force'"):
+        resolve(tmp_path, "int8")  # keeps the FP16 the folder has
 
 
 def test_a_manifest_we_make_that_fails_the_schema_is_our_bug(tmp_path):

@@ -286,7 +286,7 @@ def test_logic_only_bench_never_writes_a_missing_artifact_it_names_the_export_co
     out_dir = export_folder / DEFAULT_OUT_DIR
     before = sorted(p.name for p in out_dir.iterdir())
     config = harness.BenchConfig(backends=[], engines=["fp16"], out_dir=out_dir, ckpt=export_folder / "ckpt.pt", size=SIZE)
-    with pytest.raises(RcrError, match=f"run 'rcr-deploy export CKPT --out {out_dir} --precision fp16'"):
+    with pytest.raises(RcrError, match=f"run 'rcr-deploy export CKPT --out {out_dir} --precision fp16 --force'"):
         harness.plan(config, tmp_path)
     assert sorted(p.name for p in out_dir.iterdir()) == before
 

@@ -38,9 +38,10 @@ def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
         "load": {
             "library": "Pillow",
             "exif_transpose": True,
-            "grey": "converted to RGB by replicating the grey value",
-            "alpha": f"alpha-composited over opaque grey ({PAD_VALUE}, {PAD_VALUE}, {PAD_VALUE}), then RGB",
-            "16bit": "scaled by 255 / max(image max, 1), rounded to uint8, replicated to RGB",
+            "grey": "modes L and 1, palette without transparency, CMYK and the rest: Image.convert('RGB')",
+            "alpha": f"modes RGBA, LA, PA and palette with transparency: convert('RGBA'), alpha_composite over opaque "
+            f"({PAD_VALUE}, {PAD_VALUE}, {PAD_VALUE}, 255), then convert('RGB')",
+            "16bit": "modes I;16 and I: float64 values * 255 / max(image max, 1), rounded to uint8, replicated to RGB",
         },
         "resize": {
             "order": "letterbox first (pad to a centred square), then resize the square; never crop",

@@ -5,18 +5,21 @@ size (warm-up, then timed iterations), records peak memory and cost, and measure
 peak FLOP rate once, for the roofline. The train-form torch model on the same device is always
 measured too: it is the baseline every ratio column is taken against, because absolute times on
 shared machines drift.
+
+Why one file of about 590 lines: planning (which targets, from which artifacts) and timing share
+`BenchConfig`, `Target` and `Runner`'s lifecycle; the natural split (planning vs timing) is left
+until the OpenVINO and Triton targets being added land, so their changes merge in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
-import json
-import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,9 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_params
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path, read_manifest
 from rcr_deploy.errors import RcrError
-from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, Runner, manifest_path
+from rcr_deploy.runtime import Runner, onnxruntime_providers
 
 SCHEMA = "rcr-deploy-bench/1"
 BASELINE = "torch-train"
@@ -52,6 +56,8 @@ class BenchConfig:
 
     backends: list[str]
     engines: list[str] = dataclasses.field(default_factory=list)
+    #: Artifact files to time as they are (.onnx on ONNX Runtime, .engine on TensorRT).
+    artifacts: list[Path] = dataclasses.field(default_factory=list)
     batches: list[int] = dataclasses.field(default_factory=lambda: [1])
     out_dir: Path = DEFAULT_OUT_DIR
     ckpt: Path | None = None
@@ -83,6 +89,10 @@ class BenchConfig:
         unknown = [e for e in self.engines if e not in PRECISIONS]
         if unknown:
             raise RcrError(f"--engine {','.join(unknown)}: unknown; use one of {', '.join(PRECISIONS)}")
+        for path in self.artifacts:
+            if path.suffix not in (".onnx", ".engine") or not path.is_file():
+                what = "no such file" if not path.exists() else "not an .onnx artifact, .engine or export folder"
+                raise RcrError(f"{path}: {what}; bench takes ONNX artifacts, TensorRT engines or an export folder")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RcrError(f"--device {self.device}: no CUDA device on this machine; use --device cpu")
         if self.cuda_graphs and not self.device.startswith("cuda"):
@@ -147,11 +157,7 @@ def _artifact(out_dir: Path, precision: str) -> Path:
 
 
 def _manifest(artifact: Path) -> dict[str, Any]:
-    path = manifest_path(artifact)
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise RcrError(f"{path}: not valid JSON ({e}); re-export with 'rcr-deploy export CKPT'") from e
+    return read_manifest(artifact, missing_ok=True) or {}
 
 
 def manifest_miou(manifest: dict[str, Any], precision: str) -> float | None:
@@ -165,26 +171,27 @@ def manifest_miou(manifest: dict[str, Any], precision: str) -> float | None:
 def _no_artifact(out_dir: Path) -> RcrError:
     return RcrError(
         f"{_artifact(out_dir, 'fp32')}: no exported artifact yet; run 'rcr-deploy export CKPT' in this folder "
-        f"first (or pass --out-dir, or --backend torch-deploy to time the checkpoint alone)"
+        f"first (or pass the export folder: rcr-deploy bench DIR, or --backend torch-deploy to time the checkpoint alone)"
     )
 
 
 def _checkpoint_path(config: BenchConfig) -> Path:
     """--ckpt, else the checkpoint the FP32 artifact was exported from (the manifest records its
-    file name and sha256: found in this folder, or the built-in model), else the built-in model."""
+    path and sha256: found there, in this folder, or as the built-in model), else the built-in model."""
     from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint
     from rcr_deploy.fileio import sha256_file
 
     if config.ckpt is not None:
         return config.ckpt
-    recorded = _manifest(_artifact(config.out_dir, "fp32")).get("checkpoint") or {}
+    source = config.artifacts[0] if config.artifacts else _artifact(config.out_dir, "fp32")
+    recorded = _manifest(source).get("checkpoint") or {}
     if not recorded:
         return default_checkpoint()
-    for candidate in (Path(recorded["file"]), DEFAULT_CHECKPOINT):
+    for candidate in (Path(recorded.get("path", recorded["file"])), Path(recorded["file"]), DEFAULT_CHECKPOINT):
         if candidate.is_file() and sha256_file(candidate) == recorded["sha256"]:
             return candidate
     raise RcrError(
-        f"{_artifact(config.out_dir, 'fp32')}: exported from {recorded['file']}, which is not in this folder; "
+        f"{source}: exported from {recorded.get('path', recorded['file'])}, which is no longer there; "
         "pass it with --ckpt (the torch baseline needs the same weights)"
     )
 
@@ -255,11 +262,19 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
             elif backend == "onnxruntime-unfused":
                 targets.append(_unfused_target(train, deploy, config, tmp, model_info, (fp32_miou, torch_miou_source)))
             else:
-                targets.append(_onnxruntime_target(backend.split("-")[1], config, model_info))
+                path = _artifact(config.out_dir, backend.split("-")[1])
+                if not path.is_file():
+                    raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {backend.split('-')[1]} among its precisions")
+                targets.append(_onnxruntime_target(path, backend, config, model_info))
         except Skip as why:
             skipped.append({"name": backend, "reason": str(why)})
     for precision in config.engines:
-        targets.append(_tensorrt_target(precision, config, ckpt.path, train.in_channels))
+        targets.append(_tensorrt_target(precision, config, train.in_channels))
+    for path in config.artifacts:
+        if path.suffix == ".onnx":
+            targets.append(_onnxruntime_target(path, f"onnxruntime:{path.name}", config, model_info))
+        else:
+            targets.append(_engine_target(path, config, train.in_channels))
     return targets, skipped, model_info
 
 
@@ -276,26 +291,23 @@ class _HalfPrecision(torch.nn.Module):
 
 
 def _ort_providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    from rcr_deploy.errors import BackendUnavailable
 
-    if not device.startswith("cuda"):
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise Skip("onnxruntime has no CUDA provider here; pip install onnxruntime-gpu")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        return onnxruntime_providers(device)
+    except BackendUnavailable as e:
+        raise Skip(str(e).split(": ", 1)[-1]) from None
 
 
-def _onnxruntime_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    path = _artifact(config.out_dir, precision)
-    if not path.is_file():
-        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {precision} among its precisions")
     providers = _ort_providers(config.device)
+    precision = _manifest(path).get("precision", "fp32")
     miou = manifest_miou(_manifest(path), precision)
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
-        f"onnxruntime-{precision}", "onnxruntime", precision, "deploy",
+        name, "onnxruntime", precision, "deploy",
         lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
         artifact=path, macs=count_macs_onnx(path, in_shape).macs, params=model_info["params_deploy"],
         miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
@@ -328,48 +340,44 @@ def _unfused_target(
     )
 
 
-def export_fp16_beside(out_dir: Path, ckpt: Path, size: int) -> Path:
-    """Add the FP16 artifact to an FP32-only export folder (what plain `rcr-deploy export` leaves),
-    through the same verified export chain, so `bench --engine fp16` works right after it."""
-    from rcr_deploy.exporters.pipeline import export
-
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fp16-") as tmp:
-        staged = export(ckpt, Path(tmp), ("fp32", "fp16"), size=size).artifacts["fp16"]
-        final = _artifact(out_dir, "fp16")
-        os.replace(manifest_path(staged), manifest_path(final))
-        os.replace(staged, final)
-    return final
-
-
-def _tensorrt_target(precision: str, config: BenchConfig, ckpt: Path, in_channels: int) -> Target:
-    """The TensorRT engine of an exported artifact, built (and cached) if missing. Export's own
-    one-line errors pass through: no TensorRT, no GPU, an engine for another TensorRT or GPU."""
+def _tensorrt_target(precision: str, config: BenchConfig, in_channels: int) -> Target:
+    """The TensorRT engine of an exported artifact, built (and cached) if missing. A missing
+    artifact is not made here (bench measures, export writes): the error names the export command.
+    Export's own one-line errors pass through: no TensorRT, no GPU, an engine for another TensorRT or GPU."""
+    from rcr_deploy.artifact import resolve
     from rcr_deploy.exporters import tensorrt as trt_export
 
-    artifact = _artifact(config.out_dir, precision)
-    if not artifact.is_file() and precision == "fp16":
-        export_fp16_beside(config.out_dir, ckpt, config.size)
-    elif not artifact.is_file():
-        raise RcrError(
-            f"{artifact}: no {precision} artifact to build an engine from; run "
-            f"'rcr-deploy export CKPT --precision fp32,{precision} --calib DIR' first"
-        )
+    artifact = resolve(config.out_dir, precision)
     # The export's default profile (max batch 8) is reused unless a larger batch is asked for.
     options = trt_export.EngineOptions(
         max_batch=max(trt_export.EngineOptions().max_batch, *config.batches), size=(config.size, config.size)
     )
-    engine = trt_export.build_engine(artifact, options)
-    miou = manifest_miou(_manifest(artifact), precision)
+    return _engine_target(trt_export.build_engine(artifact, options), config, in_channels, artifact, precision)
+
+
+def _engine_target(engine: Path, config: BenchConfig, in_channels: int, artifact: Path | None = None, precision: str | None = None) -> Target:
+    """A TensorRT engine as it is; its MACs are counted on the ONNX artifact it was built from
+    (named in its manifest, found beside its engines/ folder)."""
+    from rcr_deploy.exporters import tensorrt as trt_export
+
+    trt_export.require_tensorrt()
+    record = _manifest(engine)
+    precision = precision or record.get("precision", "fp32")
+    if artifact is None:
+        source = engine.parent.parent / (record.get("engine") or {}).get("source", "")
+        artifact = source if source.suffix == ".onnx" and source.is_file() else None
+    miou = manifest_miou(record, precision)
 
     def load() -> Runner:
         runner = trt_export.TensorRTRunner(engine)
         check_engine_batch(runner, max(config.batches))
         return runner
 
+    in_shape = (1, in_channels, config.size, config.size)
     return Target(
-        f"tensorrt-{precision}", "tensorrt", precision, "deploy", load, artifact=engine,
-        macs=count_macs_onnx(artifact, (1, in_channels, config.size, config.size)).macs, miou=miou,
-        miou_source=manifest_path(artifact).name if miou is not None else None,
+        f"tensorrt-{precision}" if artifact else f"tensorrt:{engine.name}", "tensorrt", precision, "deploy", load, artifact=engine,
+        macs=count_macs_onnx(artifact, in_shape).macs if artifact else None, miou=miou,
+        miou_source=manifest_path(engine).name if miou is not None else None,
     )
 
 
@@ -415,18 +423,15 @@ def _timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) -
     """The timed call of one runner on one batch. Torch and TensorRT on a GPU run on device-resident
     tensors, timed with CUDA events (torch optionally as a CUDA-graph replay); everything else
     goes through `Runner.infer` (host arrays in and out), timed with perf_counter_ns."""
-    module = getattr(runner, "model", None)
-    if not device.startswith("cuda"):
-        return timed_on_cpu(lambda: runner.infer(x))
-    if hasattr(runner, "infer_torch"):  # TensorRT: device buffers in and out
-        x_dev = torch.from_numpy(x).to(device)
-        return _timed_on_gpu(lambda: runner.infer_torch(x_dev))
-    if not isinstance(module, torch.nn.Module):  # onnxruntime's CUDA provider: synchronous host calls
+    from rcr_deploy.runtime.torch_runner import TorchRunner
+
+    if not device.startswith("cuda") or not hasattr(runner, "infer_torch"):
+        # CPU, and onnxruntime's CUDA provider: synchronous host calls
         return timed_on_cpu(lambda: runner.infer(x))
     static_x = torch.from_numpy(x).to(device)
-    fn = getattr(runner, "_fn", module)  # TorchRunner's compiled function where it has one
-    if not cuda_graphs:
-        return _timed_on_gpu(torch.inference_mode()(lambda: fn(static_x)))
+    fn = runner.infer_torch  # TensorRT and torch: device tensors in and out
+    if not cuda_graphs or not isinstance(runner, TorchRunner):
+        return _timed_on_gpu(lambda: fn(static_x))
     with torch.inference_mode():
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -469,13 +474,15 @@ class _Loaded:
     peak_mem_bytes: int | None
 
 
-def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray]) -> _Loaded:
-    """Load a target, make its call at each batch size and warm it up, measuring peak memory."""
+def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray], runners: contextlib.ExitStack) -> _Loaded:
+    """Load a target (closed when `runners` closes), make its call at each batch size and warm it
+    up, measuring peak memory."""
     with peak_memory(config.device) as mem:
         start = time.perf_counter()
-        runner = target.load()
+        runner = runners.enter_context(target.load())
         # The first call is part of loading: torch.compile compiles there, lazy backends initialise.
-        runner.infer(inputs[min(inputs)][:1])
+        with _compiling(target):
+            runner.infer(inputs[min(inputs)][:1])
         load_s = time.perf_counter() - start
         calls = {}
         for batch, x in inputs.items():
@@ -484,6 +491,18 @@ def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray]) ->
             for _ in range(config.warmup):
                 calls[batch]()
     return _Loaded(target, runner, calls, load_s, mem["peak_bytes"])
+
+
+@contextlib.contextmanager
+def _compiling(target: Target) -> Iterator[None]:
+    """A spinner with a message on stderr while torch.compile compiles (minutes, with no output otherwise)."""
+    if target.backend != "torch.compile":
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"{target.name}: torch.compile is compiling the model (1-3 minutes the first time)..."):
+        yield
 
 
 def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> dict[str, Any]:
@@ -523,7 +542,7 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="rcr-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="rcr-bench-") as tmp, contextlib.ExitStack() as runners:
             targets, skipped, model_info = plan(config, Path(tmp))
             peak = peak_flops(config.device)
             rng = np.random.default_rng(config.seed)
@@ -532,7 +551,7 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
             loaded = []
             for target in tqdm(targets, desc="loading and warming up", unit="backend"):
                 try:
-                    loaded.append(_load(target, config, inputs))
+                    loaded.append(_load(target, config, inputs, runners))
                 except RcrError:
                     raise
                 except Exception as e:  # e.g. torch.compile without a working C++ toolchain
@@ -544,8 +563,6 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
                 for b in config.batches
             }
             results = [_result(item, config, [stats[b][item.target.name] for b in config.batches]) for item in loaded]
-            for item in loaded:
-                item.runner.close()
     finally:
         torch.set_num_threads(previous_threads)
     _add_ratios(results, peak)

@@ -19,7 +19,7 @@ import onnx
 
 from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
 from rcr_deploy.fileio import write_text_atomic
-from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR
 
 # Op types that tell the story: quantised kernels, float fallbacks, layout changes, Q/DQ glue.
 SHOWN_OPS = ("QLinearConv", "Conv", "FusedConv", "ConvTranspose", "Transpose", "ReorderInput", "ReorderOutput", "QuantizeLinear", "DequantizeLinear", "Relu", "QLinearAdd", "Add")

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -16,6 +17,9 @@ from rcr_deploy.fileio import write_text_atomic
 COLUMNS = ("target", "prec", "size MB", "mIoU", "batch", "p50 ms", "p90 ms", "p99 ms", "CV", "img/s", "× base", "floor ms", "× floor", "peak MB")
 #: The terminal drops what the name already says or the markdown/JSON carry, to fit 100 columns.
 TERMINAL_COLUMNS = ("target", "size MB", "mIoU", "batch", "p50 ms", "p99 ms", "CV", "img/s", "× base", "× floor", "peak MB")
+#: Below 100 columns (CI logs are 80) the essentials only: speed, its spread, accuracy, size.
+NARROW_COLUMNS = ("target", "batch", "p50 ms", "p99 ms", "img/s", "× base", "mIoU")
+NARROW_BELOW = 100
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -96,8 +100,12 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
         caption=f"× base: p50 speed-up over {report['baseline']} at the same batch, this run; floor: 2·MACs / "
         f"{report['peak_gflops']:.0f} GFLOP/s (measured matmul peak)",
     )
-    keep = [COLUMNS.index(c) for c in TERMINAL_COLUMNS]
-    for col in TERMINAL_COLUMNS:
+    narrow = console.width < NARROW_BELOW
+    columns = NARROW_COLUMNS if narrow else TERMINAL_COLUMNS
+    if narrow:  # no vertical rules: every character goes to the figures
+        table.box = box.SIMPLE_HEAD
+    keep = [COLUMNS.index(c) for c in columns]
+    for col in columns:
         table.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
     for row in rows(report):
         table.add_row(*(row[i] for i in keep))

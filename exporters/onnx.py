@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from rcr_deploy.errors import ExportError
+from rcr_deploy.errors import ExportError, RcrError
 from rcr_deploy.fileio import atomic_path
 from rcr_deploy.reparam import CheckResult, Tolerance, compare
 from rcr_deploy.runtime import Runner
@@ -58,9 +58,9 @@ def to_proto(
     """Export `model` (eval mode is forced: a model left in train mode would export silently wrong)
     with the current torch exporter (dynamo), a dynamic batch axis and optionally dynamic H/W."""
     if opset < 18:
-        raise ExportError(f"opset {opset} is too old for the torch exporter; use --opset 18 or newer")
+        raise RcrError(f"opset {opset} is too old for the torch exporter; use --opset 18 or newer")
     if size[0] % 32 or size[1] % 32:
-        raise ExportError(f"input size {size[0]}x{size[1]} is not a multiple of 32; pass --size 224 or another multiple")
+        raise RcrError(f"input size {size[0]}x{size[1]} is not a multiple of 32; pass --size 224 or another multiple")
     model = model.eval()
     channels = in_channels or getattr(model, "in_channels", 4)
     x = torch.zeros(2, channels, *size)
@@ -153,6 +153,19 @@ def check_structure(proto: onnx.ModelProto, deploy: nn.Module) -> dict[str, int]
             f"{[v.name for v in proto.graph.output]}; expected float32 [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}] only"
         )
     return ops
+
+
+#: Each stage against the one before it: pass when max|a-b| <= atol + rtol * max|reference|,
+#: and (on real images) when at least `agreement` of the pixels get the same class.
+#: fp32 is ONNX Runtime vs the deploy-form torch model; fp16 and int8 are vs the fp32 artifact.
+#: Measured on a partly trained RCRNet at 224 (docs/export.md): fp16 max rel 1.1e-2, agreement 99.99 %;
+#: int8 max rel 0.41, agreement 98.1 %. INT8 logits move a lot where the mask barely does, so its
+#: logit bound only catches a broken graph and the pixel agreement is the real gate.
+TOLERANCES: dict[str, tuple[Tolerance, float]] = {
+    "fp32": (Tolerance(rtol=1e-4, atol=1e-5), 0.999),
+    "fp16": (Tolerance(rtol=3e-2, atol=1e-3), 0.995),
+    "int8": (Tolerance(rtol=1.0, atol=0.1), 0.95),
+}
 
 
 @dataclasses.dataclass

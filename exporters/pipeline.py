@@ -1,54 +1,45 @@
-"""The export chain: checkpoint -> deploy form -> verified -> ONNX -> simplified -> validated,
-then FP16 / INT8 artifacts, accuracy on labelled data, manifests, and TensorRT engines on request.
+"""The export chain, as named steps that each take the previous step's result:
 
-Everything is written into a hidden staging folder inside the output folder and moved into place
-only when every step has passed, so an error or Ctrl-C leaves the previous artifacts untouched.
+    check_inputs -> deploy_form (reparameterize + verify) -> onnx_fp32 (export + simplify + check)
+    -> convert_and_validate (save and validate fp32 vs torch; convert and validate fp16 / int8 vs fp32)
+    -> measure_accuracy -> write_manifests -> build_engines -> commit
+
+Everything is written into a staging folder of the output folder (rcr_deploy.artifact.ExportSet),
+engines included, and published by one atomic pointer swap only when every step has passed, so
+an error or Ctrl-C leaves the previous export set untouched.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, ENGINES, ExportSet, manifest_path, write_manifest
+from rcr_deploy.checkpoint import Checkpoint, default_checkpoint, load_checkpoint
 from rcr_deploy.errors import RcrError, VerificationError
 from rcr_deploy.models import VARIANTS
 from rcr_deploy.preprocess import list_images, load_image
-from rcr_deploy.reparam import DEFAULT_TOLERANCES, Tolerance, compare, reparameterize
-from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path
+from rcr_deploy.reparam import DEFAULT_TOLERANCES, compare, reparameterize
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.torch_runner import TorchRunner
 
 from rcr_deploy.exporters import manifest as manifests
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters import precision as prec
-
-if TYPE_CHECKING:
-    from rcr_deploy.exporters.tensorrt import EngineOptions
+from rcr_deploy.exporters.onnx import TOLERANCES
+from rcr_deploy.exporters.tensorrt import EngineOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
-#: Each stage against the one before it: pass when max|a-b| <= atol + rtol * max|reference|,
-#: and (on real images) when at least `agreement` of the pixels get the same class.
-#: fp32 is ONNX Runtime vs the deploy-form torch model; fp16 and int8 are vs the fp32 artifact.
-#: Measured on a partly trained RCRNet at 224 (README): fp16 max rel 1.1e-2, agreement 99.99 %;
-#: int8 max rel 0.41, agreement 98.1 %. INT8 logits move a lot where the mask barely does, so its
-#: logit bound only catches a broken graph and the pixel agreement is the real gate.
-TOLERANCES: dict[str, tuple[Tolerance, float]] = {
-    "fp32": (Tolerance(rtol=1e-4, atol=1e-5), 0.999),
-    "fp16": (Tolerance(rtol=3e-2, atol=1e-3), 0.995),
-    "int8": (Tolerance(rtol=1.0, atol=0.1), 0.95),
-}
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
 VALIDATION_IMAGES = 8
 
@@ -58,7 +49,7 @@ class ExportResult:
     """What an export produced and proved."""
 
     out_dir: Path
-    #: precision -> ONNX artifact path (its manifest is `runtime.manifest_path(path)`).
+    #: precision -> ONNX artifact path (its manifest is `artifact.manifest_path(path)`).
     artifacts: dict[str, Path]
     #: One summary per validated stage (see `exporters.onnx.Validation.summary`).
     validation: list[dict[str, Any]]
@@ -68,6 +59,58 @@ class ExportResult:
     engines: dict[str, Path]
     #: Wall seconds per step.
     timings: dict[str, float]
+
+
+@dataclasses.dataclass
+class Plan:
+    """Step 1: every input checked, before any slow work."""
+
+    checkpoint: Checkpoint
+    out_dir: Path
+    precisions: tuple[str, ...]
+    size: tuple[int, int]
+    dynamic_hw: bool
+    opset: int
+    calib: Path | None
+    calib_images: list[Path]
+    calib_method: str
+    val: Path | None
+    val_images: list[Path]
+    val_limit: int | None
+    engine_options: EngineOptions | None
+    seed: int
+    progress: bool
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Deployed:
+    """Step 2: the deploy form and the proof that it computes what the train form does."""
+
+    plan: Plan
+    model: torch.nn.Module
+    check: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Graph:
+    """Step 3: the simplified FP32 ONNX graph, structurally checked."""
+
+    deployed: Deployed
+    proto: onnx.ModelProto
+    ops: dict[str, int]
+
+
+@dataclasses.dataclass
+class Staged:
+    """Step 4: every precision saved in the staging folder and validated against the stage before."""
+
+    graph: Graph
+    folder: Path
+    protos: dict[str, onnx.ModelProto]
+    ops: dict[str, dict[str, int]]
+    paths: dict[str, Path]
+    validations: dict[str, onnx_export.Validation]
 
 
 def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
@@ -80,16 +123,172 @@ def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p == "fp32" or p in items)
 
 
-def _check_out_dir(out_dir: Path, names: list[str], force: bool) -> Path:
-    """Create the output folder and a staging folder in it; refuse to replace files unless forced."""
-    existing = [n for n in names if (out_dir / n).exists()]
-    if existing and not force:
-        raise RcrError(f"{out_dir / existing[0]} already exists; pass --force to replace it or choose another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    except OSError as e:
-        raise RcrError(f"cannot write to {out_dir}: {e.strerror}; choose a writable folder with --out") from e
+@contextmanager
+def _timed(plan: Plan, name: str, bar: tqdm) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    plan.timings[name] = round(time.perf_counter() - t0, 3)
+    bar.set_postfix_str(name)
+    bar.update(1)
+
+
+def check_inputs(
+    ckpt: Path | None,
+    out_dir: Path,
+    precisions: str | Sequence[str],
+    calib: Path | None,
+    val: Path | None,
+    *,
+    arch: str | None,
+    size: int,
+    dynamic_hw: bool,
+    opset: int,
+    calib_count: int | None,
+    calib_method: str,
+    val_limit: int | None,
+    engine: bool,
+    engine_options: EngineOptions | None,
+    seed: int,
+    progress: bool,
+) -> Plan:
+    """Every input checked (bad input raises `RcrError`, exit 2) before the slow work starts."""
+    chosen = parse_precisions(precisions)
+    if calib_method not in prec.CALIB_METHODS:
+        raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
+    calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
+    if calib_count < 1:
+        raise RcrError(f"--calib-count {calib_count} must be at least 1")
+    calib_images = list_images(calib, "calibration")[:calib_count] if calib is not None else []
+    for image in calib_images:  # an unreadable one fails now, not after minutes of work
+        load_image(image)
+    if "int8" in chosen and not calib_images:
+        raise RcrError("INT8 needs calibration images: pass --calib DIR, a folder of your own photos (a few hundred is plenty)")
+    val_images = []
+    if val is not None:
+        from rcr_deploy.data.folder import list_pairs
+
+        val_images = [p.image for p in list_pairs(val)[:val_limit]]
+    if engine:
+        from rcr_deploy.exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
+    options = (engine_options or EngineOptions(size=(size, size))) if engine else None
+    return Plan(loaded, Path(out_dir), chosen, (size, size), dynamic_hw, opset, calib, calib_images, calib_method,
+                val, val_images, val_limit, options, seed, progress)  # fmt: skip
+
+
+def deploy_form(plan: Plan) -> Deployed:
+    """Re-parameterise, and prove it on a train-form checkpoint (`VerificationError` otherwise)."""
+    model = plan.checkpoint.model
+    if plan.checkpoint.form == "deploy":
+        return Deployed(plan, model.eval(), {"stage": "reparameterize", "passed": None, "note": "checkpoint is already deploy form; nothing to compare"})
+    deploy = reparameterize(model).eval()
+    return Deployed(plan, deploy, {"stage": "reparameterize", **_verify_reparam(model, plan.seed)})
+
+
+def onnx_fp32(deployed: Deployed) -> Graph:
+    """torch -> ONNX (dynamic batch) -> onnxsim -> structural check against the deploy model."""
+    plan = deployed.plan
+    proto = onnx_export.to_proto(deployed.model, plan.size, plan.dynamic_hw, plan.opset, plan.checkpoint.model.in_channels)
+    proto = onnx_export.simplify(proto)
+    return Graph(deployed, proto, onnx_export.check_structure(proto, deployed.model))
+
+
+def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
+    """Save FP32 and validate it against torch; convert, save and validate FP16 / INT8 against FP32."""
+    plan, deployed = graph.deployed.plan, graph.deployed
+    in_channels = plan.checkpoint.model.in_channels
+    real_source = plan.calib_images or plan.val_images
+    real = prec.load_batch(real_source[:VALIDATION_IMAGES], plan.size, in_channels) if real_source else None
+    inputs = onnx_export.validation_inputs(in_channels, plan.size, real, plan.seed)
+    paths = {p: folder / ARTIFACT_NAMES[p] for p in plan.precisions}
+    staged = Staged(graph, folder, {"fp32": graph.proto}, {"fp32": graph.ops}, paths, {})
+    onnx_export.save_proto(graph.proto, staged.paths["fp32"])
+    with _timed(plan, "validate-fp32", bar):
+        fp32 = OnnxRuntimeRunner(staged.paths["fp32"])
+        with TorchRunner(deployed.model, f"torch-deploy:{plan.checkpoint.path.name}") as reference:
+            staged.validations["fp32"] = _validated(fp32, reference, inputs, "fp32")
+    with fp32:
+        for p in plan.precisions[1:]:
+            with _timed(plan, f"convert-{p}", bar):
+                if p == "fp16":
+                    staged.protos[p] = prec.to_fp16(graph.proto)
+                else:
+                    staged.protos[p] = prec.quantize_int8(graph.proto, plan.calib_images, plan.size, in_channels, plan.calib_method, plan.progress)
+                staged.ops[p] = onnx_export.check_structure(staged.protos[p], deployed.model)
+                onnx_export.save_proto(staged.protos[p], staged.paths[p])
+            with _timed(plan, f"validate-{p}", bar), OnnxRuntimeRunner(staged.paths[p]) as runner:
+                staged.validations[p] = _validated(runner, fp32, inputs, p)
+    return staged
+
+
+def measure_accuracy(staged: Staged) -> dict[str, Any] | None:
+    """mIoU of every artifact on the labelled folder, side by side, with the change from fp32."""
+    from rcr_deploy.evaluate import evaluate
+
+    plan = staged.graph.deployed.plan
+    if plan.val is None:
+        return None
+    rows = []
+    for p, artifact in staged.paths.items():
+        with OnnxRuntimeRunner(artifact) as runner:
+            report = evaluate(runner, plan.val, size=plan.size[0], limit=plan.val_limit, progress=plan.progress)
+        rows.append({"precision": p, "fg_miou": report.fg_miou, "class_miou": report.class_miou, "n_images": report.n_images})
+    for row in rows:
+        row["fg_miou_vs_fp32"] = row["fg_miou"] - rows[0]["fg_miou"]
+        row["class_miou_vs_fp32"] = row["class_miou"] - rows[0]["class_miou"]
+    return {"data": plan.val.name, "size": plan.size[0], "rows": rows}
+
+
+def write_manifests(staged: Staged, accuracy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Embed each precision's manifest in its ONNX and write it beside; returns the validation summaries."""
+    deployed = staged.graph.deployed
+    plan, ckpt = deployed.plan, deployed.plan.checkpoint
+    variant = VARIANTS[ckpt.arch]
+    fp32_summary = staged.validations["fp32"].summary()
+    for p in plan.precisions:
+        extra = {"calibration": {"images": len(plan.calib_images), "method": plan.calib_method, "folder": str(plan.calib)}} if p == "int8" else {}
+        record = manifests.build(
+            arch=ckpt.arch,
+            variant={"name": variant.name, "symbol": variant.symbol, "description": variant.description},
+            checkpoint=ckpt.path,
+            checkpoint_sha256=ckpt.sha256,
+            precision=p,
+            opset=plan.opset,
+            in_channels=ckpt.model.in_channels,
+            size=plan.size,
+            dynamic_hw=plan.dynamic_hw,
+            ops=staged.ops[p],
+            export={"simplified": True, "dynamic_hw": plan.dynamic_hw, "seconds": plan.timings, **extra},
+            validation=[deployed.check, fp32_summary] + ([staged.validations[p].summary()] if p != "fp32" else []),
+            accuracy=accuracy,
+        )
+        manifests.embed(staged.protos[p], record)
+        onnx_export.save_proto(staged.protos[p], staged.paths[p])
+        write_manifest(staged.paths[p], record)
+    return [deployed.check] + [v.summary() for v in staged.validations.values()]
+
+
+def build_engines(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, Path]:
+    """A TensorRT engine per staged artifact, into the staging folder's engines/, each validated
+    against ONNX Runtime (`VerificationError` beyond tolerance). None without --engine."""
+    plan = staged.graph.deployed.plan
+    if plan.engine_options is None:
+        return {}
+    from rcr_deploy.exporters.tensorrt import build_engine, validate_engine
+
+    engines = {}
+    for p, artifact in staged.paths.items():
+        t0 = time.perf_counter()
+        engines[p] = build_engine(artifact, plan.engine_options, staged.folder / ENGINES, force=True)
+        plan.timings[f"engine-{p}"] = round(time.perf_counter() - t0, 3)
+        check = validate_engine(engines[p], artifact, plan.seed)
+        check.stage = f"tensorrt-{p}"
+        summaries.append(check.summary())
+        if not check:
+            raise VerificationError(f"{engines[p].name}: differs from {artifact.name} on ONNX Runtime beyond tolerance")
+    return engines
 
 
 def export(
@@ -112,152 +311,34 @@ def export(
     progress: bool = True,
     seed: int = 0,
 ) -> ExportResult:
-    """Run the export chain and write `ARTIFACT_NAMES[p]` + manifest for every precision into `out_dir`.
+    """Run the export chain and publish `ARTIFACT_NAMES[p]` + manifest for every precision in `out_dir`.
 
     Bad input raises `RcrError` before any work (exit 2); a stage beyond tolerance raises
     `VerificationError` (exit 1). Nothing in `out_dir` changes unless every step passed."""
-    chosen = parse_precisions(precisions)
-    out_dir = Path(out_dir)
-    hw = (size, size)
-    # Every input is checked before the slow work starts.
-    if calib_method not in prec.CALIB_METHODS:
-        raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
-    calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
-    if calib_count < 1:
-        raise RcrError(f"--calib-count {calib_count} must be at least 1")
-    calib_images = list_images(calib, "calibration")[:calib_count] if calib is not None else []
-    for image in calib_images:  # an unreadable one fails now, not after minutes of work
-        load_image(image)
-    if "int8" in chosen and not calib_images:
-        raise RcrError("INT8 needs calibration images: pass --calib DIR, a folder of your own photos (a few hundred is plenty)")
-    if val is not None:
-        from rcr_deploy.data.folder import list_pairs
-
-        val_pairs = list_pairs(val)[:val_limit]
-    if engine:
-        from rcr_deploy.exporters.tensorrt import require_tensorrt
-
-        require_tensorrt()
-    path = default_checkpoint() if ckpt is None else Path(ckpt)
-    loaded = load_checkpoint(path, arch=arch)
-    names = [n for p in chosen for n in (ARTIFACT_NAMES[p], manifest_path(Path(ARTIFACT_NAMES[p])).name)]
-    staging = _check_out_dir(out_dir, names, force)
-
-    steps = 4 + 2 * (len(chosen) - 1) + (val is not None) + 1
-    bar = tqdm(total=steps, desc="export", unit="step", disable=not progress)
-    timings: dict[str, float] = {}
-
-    def step(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 3)
-        bar.set_postfix_str(name)
-        bar.update(1)
-
-    try:
-        t0 = time.perf_counter()
-        deploy = loaded.model if loaded.form == "deploy" else reparameterize(loaded.model)
-        deploy.eval()
-        step("reparameterize", t0)
-
-        t0 = time.perf_counter()
-        if loaded.form == "train":
-            reparam_check = _verify_reparam(loaded.model, seed)
-            reparam_check["stage"] = "reparameterize"
-        else:
-            reparam_check = {"stage": "reparameterize", "passed": None, "note": "checkpoint is already deploy form; nothing to compare"}
-        step("verify-reparam", t0)
-
-        t0 = time.perf_counter()
-        proto = onnx_export.to_proto(deploy, hw, dynamic_hw, opset, loaded.model.in_channels)
-        step("export-onnx", t0)
-
-        t0 = time.perf_counter()
-        proto = onnx_export.simplify(proto)
-        protos = {"fp32": proto}
-        ops = {"fp32": onnx_export.check_structure(proto, deploy)}
-        step("simplify+check", t0)
-
-        in_channels = loaded.model.in_channels
-        real_source = calib_images or ([p.image for p in val_pairs] if val is not None else [])
-        real = prec.load_batch(real_source[:VALIDATION_IMAGES], hw, in_channels) if real_source else None
-        inputs = onnx_export.validation_inputs(in_channels, hw, real, seed)
-        staged = {p: staging / ARTIFACT_NAMES[p] for p in chosen}
-        onnx_export.save_proto(proto, staged["fp32"])
-
-        t0 = time.perf_counter()
-        fp32_runner = OnnxRuntimeRunner(staged["fp32"])
-        reference = TorchRunner(deploy, f"torch-deploy:{path.name}")
-        validations = {"fp32": _validated(fp32_runner, reference, inputs, "fp32")}
-        timings["validate-fp32"] = round(time.perf_counter() - t0, 3)
-
-        for p in chosen[1:]:
-            t0 = time.perf_counter()
-            if p == "fp16":
-                protos[p] = prec.to_fp16(proto)
-            else:
-                protos[p] = prec.quantize_int8(proto, calib_images, hw, in_channels, calib_method, progress)
-            ops[p] = onnx_export.check_structure(protos[p], deploy)
-            onnx_export.save_proto(protos[p], staged[p])
-            step(f"convert-{p}", t0)
-            t0 = time.perf_counter()
-            validations[p] = _validated(OnnxRuntimeRunner(staged[p]), fp32_runner, inputs, p)
-            step(f"validate-{p}", t0)
-
+    plan = check_inputs(
+        ckpt, Path(out_dir), precisions, calib, val, arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset,
+        calib_count=calib_count, calib_method=calib_method, val_limit=val_limit, engine=engine,
+        engine_options=engine_options, seed=seed, progress=progress,
+    )
+    names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
+    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None)
+    with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
+        with _timed(plan, "reparameterize+verify", bar):
+            deployed = deploy_form(plan)
+        with _timed(plan, "export-onnx", bar):
+            graph = onnx_fp32(deployed)
+        staged = convert_and_validate(graph, export_set.path, bar)
         accuracy = None
         if val is not None:
-            t0 = time.perf_counter()
-            accuracy = _accuracy(staged, Path(val), size, val_limit, progress)
-            step("accuracy", t0)
-
-        t0 = time.perf_counter()
-        summaries = [reparam_check] + [v.summary() for v in validations.values()]
-        variant = VARIANTS[loaded.arch]
-        for p in chosen:
-            extra = {"calibration": {"images": len(calib_images), "method": calib_method, "folder": str(calib)}} if p == "int8" else {}
-            record = manifests.build(
-                arch=loaded.arch,
-                variant={"name": variant.name, "symbol": variant.symbol, "description": variant.description},
-                checkpoint=path,
-                checkpoint_sha256=loaded.sha256,
-                precision=p,
-                opset=opset,
-                in_channels=in_channels,
-                size=hw,
-                dynamic_hw=dynamic_hw,
-                ops=ops[p],
-                export={"simplified": True, "dynamic_hw": dynamic_hw, "seconds": timings, **extra},
-                validation=[reparam_check, validations["fp32"].summary()] + ([validations[p].summary()] if p != "fp32" else []),
-                accuracy=accuracy,
-            )
-            manifests.embed(protos[p], record)
-            onnx_export.save_proto(protos[p], staged[p])
-            manifests.write_sidecar(staged[p], record)
-        step("manifests", t0)
-
-        # Commit: every check passed; move the staged files over the old ones.
-        artifacts = {}
-        for p, staged_path in staged.items():
-            final = out_dir / staged_path.name
-            os.replace(manifest_path(staged_path), manifest_path(final))
-            os.replace(staged_path, final)
-            artifacts[p] = final
-    finally:
-        bar.close()
-        shutil.rmtree(staging, ignore_errors=True)
-
-    engines = {}
-    if engine:
-        from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, validate_engine
-
-        for p, artifact in artifacts.items():
-            t0 = time.perf_counter()
-            engines[p] = build_engine(artifact, engine_options or EngineOptions(size=hw), force=force)
-            timings[f"engine-{p}"] = round(time.perf_counter() - t0, 3)
-            check = validate_engine(engines[p], artifact, seed)
-            check.stage = f"tensorrt-{p}"
-            summaries.append(check.summary())
-            if not check:
-                raise VerificationError(f"{engines[p]}: differs from {artifact.name} on ONNX Runtime beyond tolerance")
-    return ExportResult(out_dir, artifacts, summaries, accuracy, engines, timings)
+            with _timed(plan, "accuracy", bar):
+                accuracy = measure_accuracy(staged)
+        with _timed(plan, "manifests", bar):
+            summaries = write_manifests(staged, accuracy)
+        engines = build_engines(staged, summaries)
+        export_set.commit()
+    published = {p: plan.out_dir / path.name for p, path in staged.paths.items()}
+    engine_paths = {p: plan.out_dir / ENGINES / path.name for p, path in engines.items()}
+    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings)
 
 
 def _verify_reparam(model: torch.nn.Module, seed: int) -> dict[str, Any]:
@@ -290,17 +371,3 @@ def _validated(runner: Any, reference: Any, inputs: dict[str, np.ndarray], preci
             f"mask agreement {s['mask_agreement']}"
         )
     return result
-
-
-def _accuracy(artifacts: dict[str, Path], val: Path, size: int, limit: int | None, progress: bool) -> dict[str, Any]:
-    """mIoU of every artifact on the labelled folder, side by side, with the change from fp32."""
-    from rcr_deploy.evaluate import evaluate
-
-    rows = []
-    for p, artifact in artifacts.items():
-        report = evaluate(OnnxRuntimeRunner(artifact), val, size=size, limit=limit, progress=progress)
-        rows.append({"precision": p, "fg_miou": report.fg_miou, "class_miou": report.class_miou, "n_images": report.n_images})
-    for row in rows:
-        row["fg_miou_vs_fp32"] = row["fg_miou"] - rows[0]["fg_miou"]
-        row["class_miou_vs_fp32"] = row["class_miou"] - rows[0]["class_miou"]
-    return {"data": val.name, "size": size, "rows": rows}

@@ -1,7 +1,8 @@
 """Precision lives in the artifact: FP16 weights and ops, or INT8 Q/DQ nodes (DESIGN principle 1).
 
-FP16: every float32 initializer becomes float16 and the graph computes in float16 between a
-Cast after the input and a Cast before the output, so callers keep feeding and reading float32.
+FP16: onnxconverter-common's convert_float_to_float16(keep_io_types=True): every float32
+initializer becomes float16 and the graph computes in float16 between a Cast after the input and
+a Cast before the output, so callers keep feeding and reading float32.
 
 INT8: ONNX Runtime's `quantize_static` in QDQ format, configured the way TensorRT consumes
 explicit quantisation: symmetric int8 activations and weights, per-channel weight scales (fused
@@ -13,18 +14,19 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 from tqdm import tqdm
 
-from rcr_deploy.errors import DataError, ExportError
+from rcr_deploy.errors import DataError, ExportError, RcrError
 from rcr_deploy.preprocess import load_image, preprocess
 
-from rcr_deploy.exporters.onnx import INPUT_NAME, OUTPUT_NAME
+from rcr_deploy.exporters.onnx import INPUT_NAME
 
 FP16_MAX = float(np.finfo(np.float16).max)
 #: Op types that must stay un-quantised (TensorRT runs them in float; Q/DQ there costs accuracy).
@@ -39,30 +41,17 @@ DEFAULT_CALIB_COUNT = {"minmax": 128, "entropy": 32, "percentile": 32}
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """An FP16-compute copy of an FP32 graph with FP32 input and output."""
-    model = copy.deepcopy(proto)
-    graph = model.graph
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            arr = numpy_helper.to_array(init)
-            if np.abs(arr).max(initial=0.0) > FP16_MAX:
-                raise ExportError(f"initializer {init.name} exceeds the float16 range; export FP32 or INT8 instead")
-            init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), init.name))
-    for node in graph.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute):
-            raise ExportError(f"node {node.name} casts to float32 inside the graph; the FP16 converter cannot place it")
-        for attr in node.attribute:  # Constant nodes carry float tensors as attributes
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
-    fp16_in, fp16_out = f"{INPUT_NAME}_fp16", f"{OUTPUT_NAME}_fp16"
-    for node in graph.node:
-        node.input[:] = [fp16_in if name == INPUT_NAME else name for name in node.input]
-        node.output[:] = [fp16_out if name == OUTPUT_NAME else name for name in node.output]
-    graph.node.insert(0, helper.make_node("Cast", [INPUT_NAME], [fp16_in], name="cast_input_fp16", to=TensorProto.FLOAT16))
-    graph.node.append(helper.make_node("Cast", [fp16_out], [OUTPUT_NAME], name="cast_logits_fp32", to=TensorProto.FLOAT))
-    # Intermediate type annotations still say float32; let shape inference redo them.
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    """An FP16-compute copy of an FP32 graph with FP32 input and output (onnxconverter-common,
+    keep_io_types: the same 174-node graph our hand-written converter made). A weight beyond the
+    float16 range is refused rather than clamped, as the library would do silently."""
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and np.abs(numpy_helper.to_array(init)).max(initial=0.0) > FP16_MAX:
+            raise RcrError(f"initializer {init.name} exceeds the float16 range; export FP32 or INT8 instead")
+    with warnings.catch_warnings():  # one warning per weight below float16's smallest normal, which it keeps
+        warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+        model = convert_float_to_float16(copy.deepcopy(proto), keep_io_types=True)
     onnx.checker.check_model(model)
     return model
 

@@ -15,10 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rcr_deploy.artifact import manifest_path, read_manifest, resolve, write_manifest
 from rcr_deploy.errors import ExportError, RcrError
-from rcr_deploy.fileio import atomic_path, sha256_file, write_text_atomic
-from rcr_deploy.runtime import manifest_path
+from rcr_deploy.fileio import atomic_path, sha256_file
 from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner, gpu_identity, require_tensorrt
+
+from rcr_deploy.exporters.onnx import TOLERANCES
 
 __all__ = ["EngineOptions", "TensorRTRunner", "build_engine", "cache_key", "profile_shapes", "require_tensorrt"]
 
@@ -87,9 +89,10 @@ def build_engine(
     The engine gets a manifest beside it: the artifact's manifest plus what the engine was built
     for, so a runner can refuse an engine from another TensorRT or GPU with a clear message."""
     trt = require_tensorrt()
-    onnx_path = Path(onnx_path)
+    onnx_path = resolve(onnx_path)
     if not onnx_path.is_file():
         raise RcrError(f"{onnx_path}: no such ONNX artifact; run 'rcr-deploy export' first")
+    source = read_manifest(onnx_path)  # a corrupt or foreign sidecar stops the build here
     options = options or EngineOptions()
     identity = gpu_identity()
     key = cache_key(sha256_file(onnx_path), identity, options)
@@ -97,7 +100,27 @@ def build_engine(
     if out.is_file() and manifest_path(out).is_file() and not force:
         return out
     shapes = profile_shapes(_input_shape(onnx_path), options)
+    timing_path = out.parent / TIMING_CACHE_NAME
+    serialized, timing = _build(trt, onnx_path, shapes, options, timing_path.read_bytes() if timing_path.is_file() else b"")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(serialized)
+    if timing is not None:
+        with atomic_path(timing_path) as tmp:
+            tmp.write_bytes(timing)
+    engine_record = {
+        "source": onnx_path.name,
+        "cache_key": key,
+        "built_for": identity,
+        "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
+        "options": dataclasses.asdict(options),
+    }
+    write_manifest(out, {**{k: v for k, v in source.items() if k != "artifact"}, "engine": engine_record})
+    return out
 
+
+def _build(trt: Any, onnx_path: Path, shapes: tuple[tuple[int, ...], ...], options: EngineOptions, timing_cache: bytes) -> tuple[bytes, bytes | None]:
+    """Parse and build with every return value checked; returns the serialized engine and the
+    updated timing cache (None where TensorRT gives none). A failure on our artifact is our bug."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -110,29 +133,19 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     profile = builder.create_optimization_profile()
     profile.set_shape(network.get_input(0).name, *shapes)
-    config.add_optimization_profile(profile)
-    timing_path = out.parent / TIMING_CACHE_NAME
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing, False)  # ignore_mismatch: a cache from another TensorRT is not reused
-
+    if config.add_optimization_profile(profile) < 0:
+        raise ExportError(f"{onnx_path}: TensorRT rejected the optimisation profile {shapes}")
+    timing = config.create_timing_cache(timing_cache)
+    if timing is None and timing_cache:  # an unreadable cache file: build without it
+        timing = config.create_timing_cache(b"")
+    # ignore_mismatch=False: a cache from another TensorRT or GPU is not reused.
+    if timing is None or not config.set_timing_cache(timing, False):
+        raise ExportError(f"{onnx_path}: TensorRT could not set up a timing cache")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT could not build an engine; see the TensorRT log above")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(bytes(serialized))
-    with atomic_path(timing_path) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    source = manifest_path(onnx_path)
-    manifest: dict[str, Any] = json.loads(source.read_text()) if source.is_file() else {}
-    manifest["engine"] = {
-        "source": onnx_path.name,
-        "cache_key": key,
-        "built_for": identity,
-        "profile": {"min": shapes[0], "opt": shapes[1], "max": shapes[2]},
-        "options": dataclasses.asdict(options),
-    }
-    write_text_atomic(manifest_path(out), json.dumps(manifest, indent=2))
-    return out
+    updated = config.get_timing_cache()
+    return bytes(serialized), bytes(updated.serialize()) if updated is not None else None
 
 
 def validate_engine(engine: str | os.PathLike, artifact: str | os.PathLike, seed: int = 0) -> Any:
@@ -141,17 +154,14 @@ def validate_engine(engine: str | os.PathLike, artifact: str | os.PathLike, seed
 
     FP32 engines are held to the FP16 tolerance: TensorRT may pick TF32 kernels for FP32 convolutions."""
     from rcr_deploy.exporters.onnx import validate, validation_inputs
-    from rcr_deploy.exporters.pipeline import TOLERANCES
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    runner, reference = TensorRTRunner(engine), OnnxRuntimeRunner(artifact)
-    precision = (reference.manifest or {}).get("precision", "fp32")
-    tol, agreement = TOLERANCES["fp16" if precision == "fp32" else precision]
-    profile = (runner.manifest or {}).get("engine", {}).get("profile")
-    if profile is None:
-        raise RcrError(f"{engine}: no engine manifest beside it; rebuild it with 'rcr-deploy build'")
-    lo, _, hi = profile["min"], profile["opt"], profile["max"]
-    inputs = {k: v for k, v in validation_inputs(lo[1], (lo[2], lo[3]), None, seed).items() if lo[0] <= v.shape[0] <= hi[0]}
-    result = validate(runner, reference, inputs, tol, agreement)
-    runner.close()
-    return result
+    with TensorRTRunner(engine) as runner, OnnxRuntimeRunner(artifact) as reference:
+        precision = (reference.manifest or {}).get("precision", "fp32")
+        tol, agreement = TOLERANCES["fp16" if precision == "fp32" else precision]
+        profile = (runner.manifest or {}).get("engine", {}).get("profile")
+        if profile is None:
+            raise RcrError(f"{engine}: no engine manifest beside it; rebuild it with 'rcr-deploy build'")
+        lo, _, hi = profile["min"], profile["opt"], profile["max"]
+        inputs = {k: v for k, v in validation_inputs(lo[1], (lo[2], lo[3]), None, seed).items() if lo[0] <= v.shape[0] <= hi[0]}
+        return validate(runner, reference, inputs, tol, agreement)

@@ -21,11 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import write_text_atomic
-from rcr_deploy.runtime import ARTIFACT_NAMES
-
-from rcr_deploy.exporters.manifest import read as read_manifest
 
 MODEL_NAME = "rcrnet"
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}

@@ -1,7 +1,11 @@
 """The `rcr-deploy` command line: thin typer commands that parse options and call the library.
 
-Bad input raises `RcrError` and becomes one line on stderr with exit code 2 (a traceback only
-with --debug); a failed equivalence check raises `VerificationError`, exit code 1.
+Errors become one line on stderr (a traceback only with --debug), by class (rcr_deploy.errors):
+bad input (`RcrError`) exits 2; a failed check (`VerificationError`) exits 1; our own defect
+(`InternalError`) exits 1 and says it is a bug.
+
+Why one file of about 530 lines: the design card keeps the whole command line in cli.py, and most
+of its length is the commands' option declarations; each command body only parses and calls.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcr_deploy.errors import RcrError, VerificationError
+from rcr_deploy.errors import InternalError, RcrError, VerificationError
 from rcr_deploy.serve import protocol as serve_limits
 
 app = typer.Typer(
@@ -28,8 +32,19 @@ console = Console()
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rcr_deploy import __version__
+
+        print(f"rcr-deploy {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     _state["debug"] = debug
 
 
@@ -37,10 +52,11 @@ def main() -> None:
     """Console-script entry point: maps typed errors to one line and an exit code."""
     try:
         app()
-    except (RcrError, VerificationError) as e:
+    except (RcrError, VerificationError, InternalError) as e:
         if _state["debug"]:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        hint = f"; {e.hint}" if isinstance(e, InternalError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
 
 
@@ -185,12 +201,12 @@ def infer(
     frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C)."),
     codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
-    device: str = typer.Option("cpu", help="Device for a checkpoint: cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
     server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     if server and model is not None:
         raise RcrError("--model and --server: pass one; a server runs the model it was started with ('rcr-deploy serve MODEL')")
@@ -332,12 +348,15 @@ def train(
 
 @app.command()
 def bench(
-    backend: Optional[str] = typer.Option(
-        None, help="Comma-separated: 'all' (default unless --engine is given), 'torch', 'onnxruntime' (the exported "
-        "artifacts), or torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, onnxruntime-fp32, "
-        "onnxruntime-fp16, onnxruntime-int8."
+    artifacts: Optional[list[Path]] = typer.Argument(
+        None, metavar="ARTIFACT", help="Export folder (default rcr-deploy-out), or .onnx artifacts and .engine files to time as they are."
     ),
-    engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) to time: fp32, fp16, int8 (built from the export if missing)."),
+    backend: Optional[str] = typer.Option(
+        None, help="Comma-separated: 'all' (default unless --engine or artifact files are given), 'torch', 'onnxruntime' "
+        "(the exported artifacts), or torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, "
+        "onnxruntime-fp32, onnxruntime-fp16, onnxruntime-int8."
+    ),
+    engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) of the exported artifacts to time: fp32, fp16, int8 (built if missing)."),
     batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime (default: all usable cores)."),
     size: int = typer.Option(224, help="Square input size."),
@@ -345,10 +364,10 @@ def bench(
     iters: int = typer.Option(50, help="Timed calls per batch size."),
     max_seconds: float = typer.Option(20.0, help="Stop timing a cell after this long (at least one call is timed)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto (cuda where torch sees a GPU)."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Time torch on the GPU as CUDA-graph replays."),
-    out_dir: Optional[Path] = typer.Option(None, help="Export folder holding the artifacts (default: rcr-deploy-out)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--no-cuda-graphs", help="Time torch on the GPU as CUDA-graph replays."),
     ckpt: Optional[Path] = typer.Option(None, help="Train-form checkpoint for the torch rows (default: the one the export recorded)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON (schema: benchmarks/schema.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of the table."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the report as JSON (schema: benchmarks/schema.json)."),
     md_out: Optional[Path] = typer.Option(None, "--md", help="Write the report as markdown."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write the speed-accuracy chart (PNG)."),
 ) -> None:
@@ -357,22 +376,26 @@ def bench(
     import shlex
 
     from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
     from rcr_deploy.benchmarks.report import print_table, write_json, write_markdown
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
 
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    folders = [p for p in artifacts or [] if p.is_dir()]
+    files = [p for p in artifacts or [] if not p.is_dir()]
+    if len(folders) > 1:
+        raise RcrError(f"bench takes one export folder, got {len(folders)}: {', '.join(map(str, folders))}; pass one")
     engines = [e.strip() for e in engine.split(",")] if engine else []
     if backend is None:
-        backend = "" if engines else "all"
-    backends = select_backends(backend, device)
+        backend = "" if engines or files else "all"
     config = BenchConfig(
-        backends=backends,
+        backends=select_backends(backend, device),
         engines=engines,
+        artifacts=files,
         batches=parse_batches(batch),
-        out_dir=out_dir or DEFAULT_OUT_DIR,
+        out_dir=folders[0] if folders else DEFAULT_OUT_DIR,
         ckpt=ckpt,
         size=size,
         threads=threads or len(os.sched_getaffinity(0)),
@@ -383,7 +406,10 @@ def bench(
         cuda_graphs=cuda_graphs,
     )
     report = run_bench(config, command=shlex.join(["rcr-deploy", *sys.argv[1:]]))
-    print_table(report, console)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report, console)
     if json_out:
         write_json(report, json_out)
     if md_out:
@@ -393,7 +419,7 @@ def bench(
 
         plot_speed_accuracy(report, plot_out)
     for path in (json_out, md_out, plot_out):
-        if path:
+        if path and not as_json:
             console.print(f"wrote {path}")
 
 
@@ -412,18 +438,19 @@ def eval_(
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
     worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
 ) -> None:
     """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
     from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
-    runner = load_runner(model)
-    if size is None:
-        size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
-    report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
-    if per_image:
-        write_per_image_csv(report, per_image)
-    pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
+    with load_runner(model, device=device) as runner:
+        if size is None:
+            size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
+        report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
+        if per_image:
+            write_per_image_csv(report, per_image)
+        pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
     if as_json:
         fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
         print(json.dumps({**fields, "worst": [str(p) for p in pictures]}, indent=2))
@@ -449,7 +476,7 @@ def demo(
     """The main job in one command, offline: export FP32 + INT8, verify, benchmark, segment an image and a clip, report."""
     from rcr_deploy.benchmarks.report import print_table
     from rcr_deploy.demo import run_demo
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     result = run_demo(out or DEFAULT_OUT_DIR / "demo", ckpt=model, log=console.print)
     print_table(result.bench, console)
@@ -468,21 +495,21 @@ def demo(
 def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
-    precision: str = typer.Option("fp32", help="Comma list of fp32, fp16, int8 (fp32 is always written)."),
+    precision: Optional[str] = typer.Option(None, help="Comma list of fp32, fp16, int8 (fp32 is always written); default fp32, or fp32,fp16 with --engine."),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
     val: Optional[Path] = typer.Option(None, help="Labelled folder (images/ + masks/): mIoU of every precision."),
     val_limit: Optional[int] = typer.Option(None, help="Score only the first N images of --val."),
     size: int = typer.Option(224, help="Square input size (multiple of 32)."),
-    dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (multiples of 32) as well as batch."),
+    dynamic_hw: bool = typer.Option(False, "--dynamic-hw/--no-dynamic-hw", help="Dynamic height/width (multiples of 32) as well as batch."),
     opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state_dict."),
-    engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine for every artifact."),
+    engine: bool = typer.Option(False, "--engine/--no-engine", help="Also build a TensorRT engine for every artifact (and make FP16 unless --precision says otherwise)."),
     min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
     max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size)."),
-    force: bool = typer.Option(False, "--force", help="Replace existing artifacts in the output folder."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace the export set in the output folder."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository of the artifacts (and engines) to this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -490,11 +517,13 @@ def export_cmd(
     from rcr_deploy.exporters import triton as triton_repo
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.tensorrt import EngineOptions
-    from rcr_deploy.runtime import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
     if triton is not None:
         triton_repo.check_target(triton, force)
 
+    if precision is None:
+        precision = "fp32,fp16" if engine else "fp32"
     result = export(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
@@ -509,7 +538,7 @@ def export_cmd(
         print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
         return
     table = Table(title=f"artifacts in {result.out_dir.resolve()}")
-    for col in ["file", "MB", "checked vs", "max abs", "max rel", "same class", ""]:
+    for col in ["file", "MiB", "checked vs", "max abs", "max rel", "same class", ""]:
         table.add_column(col, justify="left" if col in ("file", "checked vs", "") else "right", no_wrap=True)
     stages = {v["stage"]: v for v in result.validation}
     for p, path in result.artifacts.items():
@@ -547,15 +576,14 @@ def build_cmd(
     size: int = typer.Option(224, help="H/W for artifacts exported with --dynamic-hw."),
     workspace_mib: int = typer.Option(1024, help="TensorRT workspace limit in MiB."),
     cache_dir: Optional[Path] = typer.Option(None, help="Engine cache folder; default: engines/ beside the artifact."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if the cache holds this engine."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Rebuild even if the cache holds this engine."),
 ) -> None:
     """Build (or reuse from the cache) a TensorRT engine and validate it against ONNX Runtime."""
     from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
-    from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR, resolve
 
     require_tensorrt()
-    artifact = artifact or DEFAULT_OUT_DIR
-    path = artifact / ARTIFACT_NAMES["fp32"] if artifact.is_dir() else artifact
+    path = resolve(artifact or DEFAULT_OUT_DIR)
     engine = build_engine(path, EngineOptions(min_batch, opt_batch, max_batch, (size, size), workspace_mib), cache_dir, force)
     result = validate_engine(engine, path)
     s = result.summary()

@@ -112,21 +112,22 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
     sample_path = out_dir / "sample.png"
     write_png(sample_path, sample_image())
     for precision, artifact in exported.artifacts.items():
-        infer(str(sample_path), load_runner(artifact), out_dir / precision, save="before-after,overlay,cutout", background="blur", progress=False)
+        infer(str(sample_path), artifact, out_dir / precision, save="before-after,overlay,cutout", background="blur", progress=False)
     lap("segment sample", t0)
 
     log(f"[4/4] segment a generated {CLIP_FRAMES}-frame clip (temporal prior on, and off for comparison)")
     t0 = time.perf_counter()
-    fp32 = Segmenter(load_runner(exported.artifacts["fp32"]))
     frames = list(synthetic.video(CLIP_FRAMES, *CLIP_SIZE, seed=SAMPLE_SEED))
     clip = write_video(out_dir / "clip.mp4", [f for f, _ in frames], fps=CLIP_FPS)
-    result = infer(str(clip), fp32.runner, out_dir, save="overlay", prior=True, progress=progress)
     masks = [m for _, m in frames]
     scores: dict[str, dict[str, float]] = {}
-    for prior in (True, False):
-        sink = MemorySink()
-        run(VideoSource(clip), fp32, sink, prior=prior, progress=False)
-        scores["prior on" if prior else "prior off"] = dataclasses.asdict(stability(sink.probs, masks))
+    with load_runner(exported.artifacts["fp32"]) as runner:
+        fp32 = Segmenter(runner)
+        result = infer(str(clip), runner, out_dir, save="overlay", prior=True, progress=progress)
+        for prior in (True, False):
+            sink = MemorySink()
+            run(VideoSource(clip), fp32, sink, prior=prior, progress=False)
+            scores["prior on" if prior else "prior off"] = dataclasses.asdict(stability(sink.probs, masks))
     write_text_atomic(out_dir / "stability.json", json.dumps(scores, indent=2) + "\n")
     lap("segment clip", t0)
     seconds["total"] = round(time.perf_counter() - t_start, 1)

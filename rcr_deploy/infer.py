@@ -13,6 +13,7 @@ see benchmarks/pipeline.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -31,7 +32,8 @@ from rcr_deploy.errors import DataError, RcrError
 from rcr_deploy.evaluate import foreground_prob
 from rcr_deploy.fileio import atomic_path
 from rcr_deploy.metrics import THRESHOLD
-from rcr_deploy.runtime import Runner, load_runner, manifest_path
+from rcr_deploy.artifact import manifest_path
+from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
 
 #: Per-frame stages, in pipeline order, as reported by `Timings`.
@@ -552,17 +554,21 @@ def infer(
         if max_frames:
             frames = _limit(video, max_frames)
             total = min(total or max_frames, max_frames)
+    # A Runner passed in stays open for its owner; one loaded here is closed here.
     if server:
         from rcr_deploy.serve.client import RemoteSegmenter
 
-        segmenter: Segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior)
+        opened: contextlib.AbstractContextManager = contextlib.nullcontext(None)
+    elif isinstance(model, Runner):
+        opened = contextlib.nullcontext(model)
     else:
-        runner = model if isinstance(model, Runner) else load_runner(model, device=device)
-        segmenter = Segmenter(runner, feather=feather)
-    written, timings = run(
-        frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
-        total=total, progress=progress and (kind != "image"), live=kind == "camera",
-    )
+        opened = load_runner(model, device=device)
+    with opened as runner:
+        segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather)
+        written, timings = run(
+            frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
+            total=total, progress=progress and (kind != "image"), live=kind == "camera",
+        )
     return InferResult(kind, segmenter.runner.name, written, timings, use_prior and segmenter.in_channels == 4)
 
 

@@ -26,18 +26,41 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
-    """The preprocessing recorded in every artifact's manifest, enough to reproduce it."""
+    """The preprocessing recorded in every artifact's manifest, exact enough to reproduce our
+    probabilities (manifest.schema.json describes each field)."""
     return {
         "layout": "NCHW",
         "channel_order": "RGB" + ("+prior" if in_channels == 4 else ""),
         "mean": list(MEAN_RGB),
         "std": [1.0 / SCALE] * 3,
-        "formula": "(rgb - mean) / std per channel; prior channel in [0, 1] unnormalised",
+        "formula": "float32((float32(rgb_uint8) - mean) * 0.017) per channel; prior channel in [0, 1] unnormalised",
         "size": [size, size],
-        "resize": "pad to square with value 128 (centred), then bicubic resize to size",
+        "load": {
+            "library": "Pillow",
+            "exif_transpose": True,
+            "grey": "modes L and 1, palette without transparency, CMYK and the rest: Image.convert('RGB')",
+            "alpha": f"modes RGBA, LA, PA and palette with transparency: convert('RGBA'), alpha_composite over opaque "
+            f"({PAD_VALUE}, {PAD_VALUE}, {PAD_VALUE}, 255), then convert('RGB')",
+            "16bit": "modes I;16 and I: float64 values * 255 / max(image max, 1), rounded to uint8, replicated to RGB",
+        },
+        "resize": {
+            "order": "letterbox first (pad to a centred square), then resize the square; never crop",
+            "letterbox": f"side = max(h, w); top = (side - h) // 2; left = (side - w) // 2; padding uint8 {PAD_VALUE}",
+            "library": "opencv",
+            "function": "cv2.resize",
+            "interpolation": "INTER_CUBIC",
+            "dtype": "uint8",
+        },
         "pad_value": PAD_VALUE,
         "prior_channel": 3 if in_channels == 4 else None,
         "prior_meaning": "previous frame's person mask (1 where its probability > 0.5); zeros for still images",
+        "prior_resize": {
+            "letterbox": "the frame's letterbox, padding 0.0 (float32)",
+            "library": "opencv",
+            "function": "cv2.resize",
+            "interpolation": "INTER_LINEAR",
+            "dtype": "float32",
+        },
     }
 
 

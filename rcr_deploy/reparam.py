@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from rcr_deploy.errors import VerificationError
+from rcr_deploy.errors import InternalError
 
 
 def fuse_conv_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ def reparameterize(model: nn.Module) -> nn.Module:
         deployed.drop_training_heads()
     leftover = [name for name, m in deployed.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
-        raise VerificationError(f"BatchNorm left unfused after reparameterize: {', '.join(leftover[:5])}")
+        raise InternalError(f"BatchNorm left unfused after reparameterize: {', '.join(leftover[:5])}")
     return deployed
 
 

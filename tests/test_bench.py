@@ -21,7 +21,8 @@ from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.reparam import randomize_bn, reparameterize
-from rcr_deploy.runtime import ARTIFACT_NAMES, DEFAULT_OUT_DIR, Runner, manifest_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, write_manifest
+from rcr_deploy.runtime import Runner
 
 SCHEMA = json.loads((Path(harness.__file__).with_name("schema.json")).read_text())
 SIZE = 64
@@ -42,12 +43,18 @@ def export_folder(tmp_path_factory):
     save_checkpoint(root / "ckpt.pt", model, "rcrnet")
     artifact = root / DEFAULT_OUT_DIR / ARTIFACT_NAMES["fp32"]
     export_onnx(reparameterize(model), artifact, size=(SIZE, SIZE))
-    manifest = {
-        "checkpoint": {"file": "ckpt.pt", "sha256": sha256_file(root / "ckpt.pt")},
-        "accuracy": {"rows": [{"precision": "fp32", "fg_miou": 0.9512, "class_miou": 0.96}]},
-    }
-    manifest_path(artifact).write_text(json.dumps(manifest))
+    write_manifest(artifact, _manifest(root / "ckpt.pt", {"rows": [{"precision": "fp32", "fg_miou": 0.9512, "class_miou": 0.96}]}))
     return root
+
+
+def _manifest(ckpt: Path, accuracy: dict | None = None) -> dict:
+    from rcr_deploy.exporters import manifest as manifests
+
+    return manifests.build(
+        arch="rcrnet", variant={"name": "rcrnet", "symbol": "", "description": ""}, checkpoint=ckpt,
+        checkpoint_sha256=sha256_file(ckpt), precision="fp32", opset=18, in_channels=4, size=(SIZE, SIZE),
+        dynamic_hw=False, ops={}, export={}, validation=[], accuracy=accuracy,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def cli_run(export_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     args = ["bench", "--backend", "torch-deploy,onnxruntime-unfused,onnxruntime-fp32,onnxruntime-int8", "--batch", "1,2",
             "--size", str(SIZE), "--iters", "6", "--warmup", "1", "--threads", "2",
-            "--json", str(out / "r.json"), "--md", str(out / "r.md"), "--plot", str(out / "r.png")]  # fmt: skip
+            "--json-out", str(out / "r.json"), "--md", str(out / "r.md"), "--plot", str(out / "r.png")]  # fmt: skip
     cwd = Path.cwd()
     try:
         os.chdir(export_folder)  # the user's flow: bench in the folder where export ran
@@ -155,11 +162,37 @@ def test_cli_zero_iterations_exit_2_without_work(tmp_path):
 
 
 def test_cli_no_artifact_names_the_export_command(tmp_path):
-    out = run_cli("bench", "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    out = run_cli("bench", "--json-out", str(tmp_path / "r.json"), cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "rcr-deploy-out/rcrnet.onnx" in out.stderr and "rcr-deploy export" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no partial report
+
+
+def test_cli_bench_times_an_artifact_path_and_json_prints(export_folder, tmp_path):
+    """`bench ARTIFACT.onnx --json`: the baseline and that file only; the report on stdout, nothing written."""
+    artifact = export_folder / DEFAULT_OUT_DIR / ARTIFACT_NAMES["fp32"]
+    out = run_cli("bench", str(artifact), "--json", "--iters", "2", "--warmup", "0", "--size", str(SIZE), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    jsonschema.validate(report, SCHEMA)
+    assert [r["name"] for r in report["results"]] == ["torch-train", "onnxruntime:rcrnet.onnx"]
+    assert report["results"][1]["miou"] == pytest.approx(95.12) and list(tmp_path.iterdir()) == []
+    bad = run_cli("bench", str(export_folder / "ckpt.pt"), cwd=tmp_path)
+    assert bad.returncode == 2 and "ckpt.pt: not an .onnx artifact, .engine or export folder" in bad.stderr
+
+
+def test_table_fits_80_columns_and_uses_the_wide_layout_at_120(cli_run):
+    from rich.console import Console
+
+    from rcr_deploy.benchmarks.report import print_table
+
+    for width, header in ((80, "p99 ms"), (120, "peak MB")):
+        console = Console(width=width, record=True)
+        print_table(cli_run[1], console)
+        text = console.export_text()
+        table = text[: text.index("× base: p50")]
+        assert "…" not in table and header in table and max(map(len, table.splitlines())) <= width
 
 
 def _has_tensorrt_and_gpu() -> bool:
@@ -194,7 +227,7 @@ def test_logic_only_batch_above_engine_profile_max_is_bad_input():
         harness.check_engine_batch(runner, 32)
 
 
-def test_logic_only_engine_from_another_tensorrt_or_gpu_is_refused(tmp_path, monkeypatch):
+def test_logic_only_engine_from_another_tensorrt_or_gpu_is_refused(export_folder, tmp_path, monkeypatch):
     """No TensorRT here: the runner's own identity check runs against a stand-in identity."""
     from rcr_deploy.runtime import tensorrt_runner
 
@@ -204,7 +237,9 @@ def test_logic_only_engine_from_another_tensorrt_or_gpu_is_refused(tmp_path, mon
     engine = tmp_path / "rcrnet-fp16.engine"
     engine.write_bytes(b"serialized engine")
     built_for = {"tensorrt": "10.13.0", "gpu": "NVIDIA A100", "compute_capability": "8.0"}
-    manifest_path(engine).write_text(json.dumps({"engine": {"built_for": built_for}}))
+    profile = {k: [1, 4, SIZE, SIZE] for k in ("min", "opt", "max")}
+    engine_record = {"source": "rcrnet-fp16.onnx", "built_for": built_for, "profile": profile}
+    write_manifest(engine, {**_manifest(export_folder / "ckpt.pt"), "engine": engine_record})
     with pytest.raises(RcrError, match="built for TensorRT 10.13.0 on NVIDIA A100.*rebuild"):
         tensorrt_runner.TensorRTRunner(engine)
 
@@ -241,6 +276,19 @@ def test_logic_only_engine_target_builds_with_a_profile_covering_the_batches(exp
     assert built["options"].max_batch == 32 and built["options"].size == (SIZE, SIZE)
     with pytest.raises(RcrError, match="allows batch <= 8, asked for 32"):
         targets[1].load()  # the stand-in runner's manifest says max 8: refused before any timing
+
+
+def test_logic_only_bench_never_writes_a_missing_artifact_it_names_the_export_command(export_folder, tmp_path, monkeypatch):
+    """Bench measures, export writes: no FP16 artifact means an error naming the command, not an export."""
+    from rcr_deploy.exporters import tensorrt as trt_export
+
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda: None)
+    out_dir = export_folder / DEFAULT_OUT_DIR
+    before = sorted(p.name for p in out_dir.iterdir())
+    config = harness.BenchConfig(backends=[], engines=["fp16"], out_dir=out_dir, ckpt=export_folder / "ckpt.pt", size=SIZE)
+    with pytest.raises(RcrError, match=f"run 'rcr-deploy export CKPT --out {out_dir} --precision fp16 --force'"):
+        harness.plan(config, tmp_path)
+    assert sorted(p.name for p in out_dir.iterdir()) == before
 
 
 def test_backend_families_expand_as_the_install_hint_promises():

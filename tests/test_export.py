@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 
-from rcr_deploy.exporters import manifest as manifests
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters import pipeline, precision
 from rcr_deploy.checkpoint import save_checkpoint
@@ -28,7 +27,8 @@ from rcr_deploy.errors import CheckpointError, DataError, ExportError, RcrError,
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images, preprocess
 from rcr_deploy.reparam import Tolerance, randomize_bn, reparameterize
-from rcr_deploy.runtime import ARTIFACT_NAMES, load_runner, manifest_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, MANIFEST_METADATA_KEY, manifest_path, read_manifest
+from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 SIZE = 64
@@ -112,19 +112,20 @@ def test_export_writes_every_precision_with_a_passing_validation_and_accuracy_ta
     rows = {r["precision"]: r for r in result["accuracy"]["rows"]}
     assert set(rows) == {"fp32", "fp16", "int8"} and all(r["n_images"] == 4 for r in rows.values())
     assert rows["fp32"]["fg_miou_vs_fp32"] == 0.0
-    assert not list(exported["out"].glob(".export-*")), "staging folder left behind"
+    assert not list((exported["out"] / ".versions").glob(".staging-*")), "staging folder left behind"
 
 
 def test_manifest_round_trip_sidecar_equals_embedded_copy(exported, ckpt, tmp_path):
     from rcr_deploy.fileio import sha256_file
 
     artifact = _artifact(exported, "int8")
-    sidecar = manifests.read(artifact)
+    sidecar = read_manifest(artifact)
     props = {p.key: p.value for p in onnx.load_model(str(artifact)).metadata_props}
-    embedded = json.loads(props[manifests.METADATA_KEY])
+    embedded = json.loads(props[MANIFEST_METADATA_KEY])
     assert {k: v for k, v in sidecar.items() if k != "artifact"} == embedded
     assert sidecar["artifact"]["sha256"] == sha256_file(artifact)
     assert sidecar["checkpoint"]["sha256"] == sha256_file(ckpt)
+    assert sidecar["checkpoint"]["path"] == str(ckpt.resolve())
     assert sidecar["architecture"] == "rcrnet" and sidecar["precision"] == "int8" and sidecar["opset"] >= 18
     assert sidecar["input"]["shape"] == ["batch", 4, SIZE, SIZE] and sidecar["input"]["dynamic_axes"] == {"0": "batch"}
     assert sidecar["output"]["classes"] == ["background", "person"]
@@ -134,56 +135,82 @@ def test_manifest_round_trip_sidecar_equals_embedded_copy(exported, ckpt, tmp_pa
     # Without the sidecar the embedded copy is read.
     alone = tmp_path / "copy.onnx"
     shutil.copy(artifact, alone)
-    assert manifests.read(alone) == embedded
+    assert read_manifest(alone) == embedded
     # The runtime finds the manifest too (bench/eval/infer read it from there).
     assert load_runner(exported["out"]).manifest["precision"] == "fp32"
 
 
 THIRD_PARTY = textwrap.dedent(
     """
+    # A third party with onnxruntime, OpenCV and Pillow, the artifact, its manifest and the schema:
+    # every manifest field read goes through `field`, which refuses one the schema does not define.
     import json, sys
     import cv2, numpy as np, onnxruntime as ort
-    artifact, image = sys.argv[1], sys.argv[2]
-    m = json.load(open(artifact + ".json"))
-    spec = m["input"]
-    rgb = cv2.cvtColor(cv2.imread(image), cv2.COLOR_BGR2RGB)
-    h, w = rgb.shape[:2]
-    side = max(h, w)
-    square = np.full((side, side, 3), spec["pad_value"], np.uint8)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top:top + h, left:left + w] = rgb
-    x = cv2.resize(square, tuple(spec["size"]), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    x = (x - np.float32(spec["mean"])) / np.float32(spec["std"])
-    x = x.transpose(2, 0, 1)
-    if spec["prior_channel"] is not None:
-        x = np.concatenate([x, np.zeros((1, *x.shape[1:]), np.float32)])
+    from PIL import Image, ImageOps
+    artifact, schema_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    m, schema = json.load(open(artifact + ".json")), json.load(open(schema_file))
+
+    def field(record, node, key):
+        assert key in node["properties"], key
+        return record[key], node["properties"][key]
+
+    spec, spec_s = field(m, schema, "input")
+    size, _ = field(spec, spec_s, "size")
+    pad, _ = field(spec, spec_s, "pad_value")
+    mean, _ = field(spec, spec_s, "mean")
+    std, _ = field(spec, spec_s, "std")
+    resize, resize_s = field(spec, spec_s, "resize")
+    assert field(resize, resize_s, "library")[0] == "opencv" and field(resize, resize_s, "dtype")[0] == "uint8"
+    flag = getattr(cv2, field(resize, resize_s, "interpolation")[0])
+    load, load_s = field(spec, spec_s, "load")
+    assert field(load, load_s, "exif_transpose")[0]
+    prior_channel, _ = field(spec, spec_s, "prior_channel")
+    output, output_s = field(m, schema, "output")
+    person = field(output, output_s, "classes")[0].index("person")
     sess = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-    (logits,) = sess.run([m["output"]["name"]], {spec["name"]: x[None].astype(np.float32)})
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    person = m["output"]["classes"].index("person")
-    np.save(sys.argv[3], e[:, person] / e.sum(axis=1))
+    results = []
+    for image in sys.argv[4:]:
+        img = ImageOps.exif_transpose(Image.open(image))
+        if img.mode in ("RGBA", "LA", "PA"):  # the schema's input.load.alpha
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (pad, pad, pad, 255)), img.convert("RGBA"))
+        rgb = np.asarray(img.convert("RGB"))
+        h, w = rgb.shape[:2]
+        side = max(h, w)
+        square = np.full((side, side, 3), pad, np.uint8)
+        top, left = (side - h) // 2, (side - w) // 2
+        square[top:top + h, left:left + w] = rgb
+        x = cv2.resize(square, (size[1], size[0]), interpolation=flag).astype(np.float32)
+        x = ((x - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
+        if prior_channel is not None:
+            x = np.concatenate([x, np.zeros((1, *x.shape[1:]), np.float32)])
+        (logits,) = sess.run([field(output, output_s, "name")[0]], {field(spec, spec_s, "name")[0]: x[None]})
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        results.append((e[:, person] / e.sum(axis=1))[0])
+    np.save(out, np.stack(results))
     assert not any(name.startswith(("rcr_deploy", "exporters")) for name in sys.modules)
     """
 )
 
 
-def test_third_party_runs_the_artifact_from_the_manifest_alone(exported, tmp_path):
+def test_third_party_reproduces_our_probabilities_from_the_schema_fields_alone(exported, tmp_path):
+    from rcr_deploy.artifact import SCHEMA_PATH
+    from rcr_deploy.evaluate import foreground_prob
+    from rcr_deploy.preprocess import load_image
+
     artifact = _artifact(exported, "fp32")
-    image = exported["val"] / "images" / "000.png"
+    # A letterboxed RGB portrait, a grey and an RGBA image: the loading conversions count too.
+    images = [exported["val"] / "images" / "000.png", exported["calib"] / "b_grey.png", exported["calib"] / "c_rgba.png"]
     script = tmp_path / "third_party.py"
     script.write_text(THIRD_PARTY)
     out = tmp_path / "prob.npy"
     # -I: isolated mode, the project is not importable from the working folder.
-    proc = subprocess.run([sys.executable, "-I", str(script), str(artifact), str(image), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-I", str(script), str(artifact), str(SCHEMA_PATH), str(out), *map(str, images)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    from rcr_deploy.evaluate import foreground_prob
-    from rcr_deploy.preprocess import load_image
-
-    x, _ = preprocess(load_image(image), SIZE)
-    ours = foreground_prob(OnnxRuntimeRunner(artifact).infer(x))
+    with OnnxRuntimeRunner(artifact) as runner:
+        ours = np.concatenate([foreground_prob(runner.infer(preprocess(load_image(p), SIZE)[0])) for p in images])
     theirs = np.load(out)
-    assert theirs.shape == ours.shape == (1, SIZE, SIZE)
+    assert theirs.shape == ours.shape == (3, SIZE, SIZE)
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
@@ -380,8 +407,12 @@ def test_existing_output_kept_unless_force(tmp_path, ckpt):
 def test_interrupted_export_leaves_previous_artifacts_intact(tmp_path, ckpt, exported, monkeypatch):
     torch.set_num_threads(1)  # as in the fixture: OpenMP threads on a shared runner wait for each other
     out = tmp_path / "out"
-    shutil.copytree(exported["out"], out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    shutil.copytree(exported["out"], out, symlinks=True)
+
+    def snapshot() -> dict:
+        return {str(p.relative_to(out)): os.readlink(p) if p.is_symlink() else p.read_bytes() for p in out.rglob("*") if p.is_symlink() or p.is_file()}
+
+    before = snapshot()
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
@@ -391,7 +422,7 @@ def test_interrupted_export_leaves_previous_artifacts_intact(tmp_path, ckpt, exp
     monkeypatch.setattr(pipeline, "default_checkpoint", lambda: ckpt)  # no CKPT: the built-in model
     with pytest.raises(KeyboardInterrupt):
         pipeline.export(None, out, "fp32,fp16", size=SIZE, force=True, progress=False)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging folder, nothing changed
+    assert snapshot() == before  # no staging folder, nothing changed
 
 
 @pytest.mark.parametrize("args, needle", [(["/no/such.pt"], "/no/such.pt"), (["--precision", "int8"], "--calib")])

@@ -25,7 +25,8 @@ from rcr_deploy.metrics import image_ious
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import letterbox_mask
 from rcr_deploy.reparam import reparameterize
-from rcr_deploy.runtime import Runner, manifest_path
+from rcr_deploy.artifact import manifest_path
+from rcr_deploy.runtime import Runner
 
 RED = (230, 20, 20)
 BLUE = (20, 20, 90)
@@ -385,15 +386,19 @@ def artifact(tmp_path_factory, ckpt) -> Path:
     """A real FP32 ONNX artifact at 96x96 with its manifest (sidecar and embedded)."""
     import onnx
 
+    from rcr_deploy.artifact import write_manifest
     from rcr_deploy.exporters import manifest as manifests
     from rcr_deploy.exporters.onnx import save_proto, simplify, to_proto
 
     model = reparameterize(build_model("rcrnet"))
     proto = simplify(to_proto(model, (96, 96)))
-    record = {"format": manifests.FORMAT, "version": manifests.VERSION, **manifests.io_spec(4, (96, 96), False)}
+    record = manifests.build(
+        arch="rcrnet", variant={"name": "rcrnet", "symbol": "", "description": ""}, checkpoint=Path(ckpt), checkpoint_sha256="0" * 64,
+        precision="fp32", opset=18, in_channels=4, size=(96, 96), dynamic_hw=False, ops={}, export={}, validation=[], accuracy=None,
+    )
     manifests.embed(proto, record)
     path = save_proto(proto, tmp_path_factory.mktemp("export") / "rcrnet.onnx")
-    manifests.write_sidecar(path, record)
+    write_manifest(path, record)
     assert onnx.load(str(path)).metadata_props
     return path
 

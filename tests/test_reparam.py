@@ -87,9 +87,9 @@ def test_default_bn_would_hide_a_running_stats_bug(monkeypatch):
     assert all(results)
 
 
-def test_unfused_batchnorm_is_an_error():
-    from rcr_deploy.errors import VerificationError
+def test_unfused_batchnorm_is_our_bug():
+    from rcr_deploy.errors import InternalError
 
     model = nn.Sequential(nn.Conv2d(3, 3, 3), nn.BatchNorm2d(3))
-    with pytest.raises(VerificationError, match="BatchNorm left unfused"):
+    with pytest.raises(InternalError, match="BatchNorm left unfused"):
         reparameterize(model)

@@ -17,7 +17,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", rea
 
 from rcr_deploy.errors import RcrError  # noqa: E402
 from rcr_deploy.exporters import triton  # noqa: E402
-from rcr_deploy.runtime import manifest_path  # noqa: E402
+from rcr_deploy.artifact import manifest_path  # noqa: E402
 
 SIZE = 64
 

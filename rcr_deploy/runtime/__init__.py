@@ -2,6 +2,14 @@
 
 Every runner takes an NCHW float32 batch and returns NCHW float32 mask logits, so validation,
 eval, bench and infer are written once against `Runner.infer`.
+
+Lifecycle (Polygraphy's activate / infer / deactivate): a runner is active from construction,
+where it loads and checks its model (bad input fails there, before any work), until `close()`,
+which releases the backend's sessions and buffers; `infer` after `close()` is an error. Use it as
+a context manager so `close()` always runs::
+
+    with load_runner("rcr-deploy-out", device="cpu") as runner:
+        logits = runner.infer(x)
 """
 
 from __future__ import annotations
@@ -23,42 +31,64 @@ class Runner(abc.ABC):
     in_channels: int = 4
     #: The artifact's manifest (preprocessing, precision, validation), where there is one.
     manifest: dict[str, Any] | None = None
+    #: False once `close()` has released the backend.
+    active: bool = True
 
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:
         """NCHW float32 input -> NCHW float32 mask logits (class 1 = person)."""
 
+    def _release(self) -> None:
+        """Drop the backend's resources (sessions, contexts, device buffers)."""
+
     def close(self) -> None:
-        """Release backend resources."""
+        """Deactivate: release backend resources. Safe to call twice."""
+        if self.active:
+            self._release()
+            self.active = False
+
+    def _check_active(self) -> None:
+        if not self.active:
+            from rcr_deploy.errors import InternalError
+
+            raise InternalError(f"{self.name}: infer() after close()")
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-#: Where `export` writes artifacts and where `bench`, `eval` and `infer` look by default.
-DEFAULT_OUT_DIR = Path("rcr-deploy-out")
-#: Artifact file names inside an export folder, by precision.
-ARTIFACT_NAMES = {"fp32": "rcrnet.onnx", "fp16": "rcrnet-fp16.onnx", "int8": "rcrnet-int8.onnx"}
+def onnxruntime_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for a device, or `BackendUnavailable` in one line."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
 
+    from rcr_deploy.errors import BackendUnavailable
 
-def manifest_path(artifact: Path) -> Path:
-    """The JSON manifest written atomically beside an artifact: `rcrnet.onnx` -> `rcrnet.onnx.json`."""
-    return artifact.with_name(artifact.name + ".json")
-
-
-#: The ONNX metadata_props key holding the same manifest inside the artifact (used when the JSON
-#: sidecar has been lost).
-MANIFEST_METADATA_KEY = "rcr_deploy.manifest"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendUnavailable(
+            f"--device {device}: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or use --device cpu"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
     """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, a TensorRT engine, or an
-    export folder (its FP32 artifact). `None` is the built-in default checkpoint."""
+    export folder (its FP32 artifact), on `device`. `None` is the built-in default checkpoint.
+
+    The device is honoured (ONNX on CUDA uses onnxruntime's CUDA provider) or refused in one line."""
+    from rcr_deploy.artifact import resolve
     from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
     from rcr_deploy.errors import RcrError
     from rcr_deploy.reparam import reparameterize
     from rcr_deploy.runtime.torch_runner import TorchRunner
 
-    path = default_checkpoint() if model is None else Path(model)
-    if path.is_dir():
-        path = path / ARTIFACT_NAMES["fp32"]
+    path = default_checkpoint() if model is None else resolve(model)
+    if device != "cpu" and not device.startswith("cuda"):
+        raise RcrError(f"--device {device}: unknown device; use cpu or cuda")
     if path.suffix == ".pt":
         ckpt = load_checkpoint(path)
         deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
@@ -66,8 +96,10 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> 
     if path.suffix == ".onnx":
         from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path)
+        return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device))
     if path.suffix == ".engine":
+        if not device.startswith("cuda"):
+            raise RcrError(f"{path}: a TensorRT engine runs on a CUDA GPU only; pass --device cuda")
         from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(path)

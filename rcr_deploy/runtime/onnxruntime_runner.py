@@ -1,14 +1,14 @@
-"""ONNX Runtime runner; reads the artifact's manifest for its input spec."""
+"""ONNX Runtime runner; reads the artifact's manifest (rcr_deploy.artifact) for its input spec."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from rcr_deploy.artifact import read_manifest
 from rcr_deploy.errors import RcrError
-from rcr_deploy.runtime import MANIFEST_METADATA_KEY, Runner, manifest_path
+from rcr_deploy.runtime import Runner
 
 
 class OnnxRuntimeRunner(Runner):
@@ -20,6 +20,8 @@ class OnnxRuntimeRunner(Runner):
         self.path = Path(path)
         if not self.path.is_file():
             raise RcrError(f"{self.path}: no such artifact; run 'rcr-deploy export' first")
+        # Read (and check) the manifest first: a corrupt sidecar is named before ONNX Runtime loads.
+        self.manifest = read_manifest(self.path, missing_ok=True)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -30,17 +32,15 @@ class OnnxRuntimeRunner(Runner):
             )
         except Exception as e:
             raise RcrError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]}); re-export it") from e
-        meta = manifest_path(self.path)
-        if meta.is_file():
-            self.manifest = json.loads(meta.read_text())
-        else:  # the sidecar was lost: the copy inside the ONNX says the same
-            embedded = self.session.get_modelmeta().custom_metadata_map.get(MANIFEST_METADATA_KEY)
-            self.manifest = json.loads(embedded) if embedded else None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.in_channels = int(inp.shape[1])
         self.name = f"onnxruntime:{self.path.name}"
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        self._check_active()
         (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         return out.astype(np.float32, copy=False)
+
+    def _release(self) -> None:
+        del self.session

@@ -26,10 +26,7 @@ from rcr_deploy.serve.protocol import SESSION_IDLE_S
 
 def model_manifest(runner: Runner, segmenter: Segmenter) -> dict[str, Any]:
     """What `GET /v1/model` returns: the artifact's manifest, or for a checkpoint (which has none)
-    the input spec that preprocessing follows.
-
-    The one place the server reads a manifest; re-point it at the artifact module's reader when
-    there is one."""
+    the input spec that preprocessing follows. The runner read it through `artifact.read_manifest`."""
     if runner.manifest is not None:
         return {"model": runner.name, **runner.manifest}
     return {"model": runner.name, "input": input_spec(segmenter.size, runner.in_channels)}

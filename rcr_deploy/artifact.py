@@ -1,0 +1,253 @@
+"""THE artifact contract: what an export folder holds, how a manifest is read and checked, and how
+a set of artifacts is committed at once. Every reader and writer of artifacts goes through here.
+
+An export folder (`rcr-deploy export --out DIR`)::
+
+    DIR/rcrnet.onnx       -> current/rcrnet.onnx        one stable link per artifact, sidecar and engines/
+    DIR/rcrnet.onnx.json  -> current/rcrnet.onnx.json
+    DIR/current           -> .versions/<id>             THE pointer, swapped by one os.replace
+    DIR/.versions/<id>/   one committed export set (the previous one is kept for readers in flight)
+    DIR/.versions/.staging-<id>/   an export in progress; swept by the next writer if its writer died
+    DIR/.lock             held (flock) by the one writer
+
+Readers open `DIR/<name>` like any file and always see one whole set: a precision that the
+current set lacks is a dangling link, which `is_file()` reports as absent.
+
+API: `resolve` (a file or an export folder -> the artifact), `read_manifest` (sidecar, else the
+copy embedded in the ONNX; schema-checked; sha256 verified), `write_manifest` (schema-checked,
+atomic), `check_manifest` / `check_own_manifest`, `ExportSet` (lock, stage, commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rcr_deploy.errors import InternalError, ManifestError, RcrError
+from rcr_deploy.fileio import sha256_file, umask_mode, write_text_atomic
+
+#: Where `export` writes and where `bench`, `eval`, `infer` and `build` look by default.
+DEFAULT_OUT_DIR = Path("rcr-deploy-out")
+#: Artifact file names inside an export folder, by precision.
+ARTIFACT_NAMES = {"fp32": "rcrnet.onnx", "fp16": "rcrnet-fp16.onnx", "int8": "rcrnet-int8.onnx"}
+#: The ONNX metadata_props key holding the manifest inside the artifact (read when the sidecar is lost).
+MANIFEST_METADATA_KEY = "rcr_deploy.manifest"
+#: The manifest's `format` and `version`; the schema of that version ships as manifest.schema.json.
+MANIFEST_FORMAT = "rcr-deploy-manifest"
+MANIFEST_VERSION = 2
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+#: The folder of TensorRT engines inside an export set.
+ENGINES = "engines"
+CURRENT = "current"
+VERSIONS = ".versions"
+STAGING_PREFIX = ".staging-"
+LOCK = ".lock"
+
+
+def manifest_path(artifact: str | os.PathLike) -> Path:
+    """The JSON sidecar beside an artifact: `rcrnet.onnx` -> `rcrnet.onnx.json`."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """A model file as given, or an export folder's artifact of `precision`.
+
+    Raises `RcrError` (exit 2) for a folder that lacks it, naming the export command that makes it."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    artifact = path / ARTIFACT_NAMES[precision]
+    if not artifact.is_file():
+        # The command that makes it: a new set with what the folder has now plus the missing one.
+        have = [p for p, name in ARTIFACT_NAMES.items() if (path / name).is_file()]
+        wanted = [p for p in ARTIFACT_NAMES if p != "fp32" and (p in have or p == precision)]
+        flags = (f" --precision {','.join(wanted)}" if wanted else "") + (" --calib DIR" if "int8" in wanted else "")
+        flags += " --force" if have else ""
+        raise RcrError(f"{artifact}: no {precision} artifact in this export folder; run 'rcr-deploy export CKPT --out {path}{flags}'")
+    return artifact
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (shipped with the package)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def check_manifest(manifest: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """`manifest` if it satisfies the schema, else `ManifestError` naming the first wrong field."""
+    import jsonschema
+
+    if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT and manifest.get("version") != MANIFEST_VERSION:
+        raise ManifestError(
+            f"{source}: manifest version {manifest.get('version')!r}, this rcr-deploy reads version {MANIFEST_VERSION}; "
+            "re-export the artifact with this version"
+        )
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(manifest))
+    if error is not None:
+        where = "/".join(map(str, error.absolute_path)) or "(top level)"
+        raise ManifestError(f"{source}: not an rcr-deploy manifest: {where}: {error.message[:200]}; re-export the artifact")
+    return manifest
+
+
+def check_own_manifest(manifest: dict[str, Any], what: str) -> dict[str, Any]:
+    """`check_manifest` for a manifest rcr-deploy made: failing the schema is our bug (`InternalError`)."""
+    try:
+        return check_manifest(manifest, what)
+    except ManifestError as e:
+        raise InternalError(f"made a manifest that fails its own schema: {e}") from e
+
+
+def _loads(text: str | bytes, source: Path) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        what = "empty" if not text.strip() else f"not valid JSON ({e})"
+        raise ManifestError(f"{source}: manifest is {what}; re-export the artifact or put its own .json back beside it") from e
+
+
+def _embedded(artifact: Path) -> str | None:
+    import onnx
+
+    try:
+        model = onnx.load_model(str(artifact), load_external_data=False)
+    except Exception as e:  # a protobuf that does not decode
+        raise ManifestError(f"{artifact}: not a readable ONNX model ({str(e).splitlines()[0][:120]}); re-export it") from e
+    return {p.key: p.value for p in model.metadata_props}.get(MANIFEST_METADATA_KEY)
+
+
+def read_manifest(artifact: str | os.PathLike, *, missing_ok: bool = False, verify: bool = True) -> dict[str, Any] | None:
+    """The manifest of an artifact (an `.onnx`, an `.engine`, or an export folder's FP32 artifact).
+
+    Its JSON sidecar, else (for ONNX) the copy embedded in the model's metadata_props. The result
+    is checked against the schema, and with `verify` a sidecar's `artifact.sha256` against the
+    file. Every failure is a `ManifestError` (exit 2) naming the file and the fix; no manifest at
+    all gives None with `missing_ok`, else `ManifestError`."""
+    artifact = resolve(artifact)
+    sidecar = manifest_path(artifact)
+    if sidecar.is_file():
+        try:
+            text = sidecar.read_bytes()
+        except OSError as e:
+            raise ManifestError(f"{sidecar}: cannot read it ({e.strerror}); check its permissions") from e
+        manifest = check_manifest(_loads(text, sidecar), sidecar)
+        recorded = (manifest.get("artifact") or {}).get("sha256")
+        if verify and recorded and artifact.is_file() and sha256_file(artifact) != recorded:
+            raise ManifestError(
+                f"{sidecar}: records sha256 {recorded[:12]}..., but {artifact.name} differs; the two files come from "
+                "different exports: re-export, or put the artifact's own .json beside it"
+            )
+        return manifest
+    embedded = _embedded(artifact) if artifact.suffix == ".onnx" and artifact.is_file() else None
+    if embedded is not None:
+        return check_manifest(_loads(embedded, artifact), f"{artifact} (embedded manifest)")
+    if missing_ok:
+        return None
+    raise ManifestError(
+        f"{artifact}: no manifest (no {sidecar.name} beside it, none embedded); re-export it with 'rcr-deploy export'"
+    )
+
+
+def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write `<artifact>.json` atomically, adding the artifact's own file name and sha256 (which the
+    embedded copy cannot hold). The manifest is schema-checked first: a wrong one is our bug."""
+    artifact = Path(artifact)
+    record = check_own_manifest({**manifest, "artifact": {"file": artifact.name, "sha256": sha256_file(artifact)}}, artifact.name)
+    path = manifest_path(artifact)
+    write_text_atomic(path, json.dumps(record, indent=2))
+    return path
+
+
+# ------------------------------------------------------------------------ committing a set
+
+
+def _swap_link(link: Path, target: str) -> None:
+    """Point `link` at `target` in one atomic step (a new link renamed over the old one)."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+class ExportSet:
+    """The one writer of an export folder: an exclusive lock, a staging folder, and one atomic commit.
+
+    ::
+
+        with ExportSet(out_dir, names, force) as stage:
+            write files into stage.path ...
+            stage.commit()          # one os.replace of DIR/current; before it, DIR is unchanged
+
+    Leaving the block without `commit()` (an error, Ctrl-C) removes the staging folder. A second
+    writer on the same folder is refused while the first holds the lock."""
+
+    def __init__(self, out_dir: str | os.PathLike, names: list[str], force: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.names = names
+        self.force = force
+        self.path = Path()
+        self._lock: Any = None
+
+    def __enter__(self) -> ExportSet:
+        existing = [n for n in self.names if (self.out_dir / n).exists()]
+        if existing and not self.force:
+            raise RcrError(f"{self.out_dir / existing[0]} already exists; pass --force to replace it or choose another --out")
+        versions = self.out_dir / VERSIONS
+        try:
+            versions.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.out_dir / LOCK, "a+")
+        except OSError as e:
+            raise RcrError(f"cannot write to {self.out_dir}: {e.strerror}; choose a writable folder with --out") from e
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RcrError(f"{self.out_dir}: another export is writing to this folder; wait for it to finish or choose another --out") from None
+        # Holding the lock, any staging folder is a dead writer's leftover.
+        for stale in versions.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stamp}-", dir=versions))
+        os.chmod(self.path, umask_mode(0o777))  # mkdtemp's 0700 would hide the published set from other users
+        (self.path / ENGINES).mkdir()
+        timing = self.out_dir / CURRENT / ENGINES / "timing.cache"
+        if timing.is_file():  # TensorRT's timing cache outlives the set it was made for
+            shutil.copy2(timing, self.path / ENGINES / timing.name)
+        return self
+
+    def commit(self) -> Path:
+        """Publish the staged set: rename it to a version, swap `current` onto it, link every name."""
+        version = self.path.with_name(self.path.name[len(STAGING_PREFIX):])
+        os.replace(self.path, version)
+        self.path = version
+        # Every artifact name gets its link, even one this set lacks: a loose file of the older,
+        # unversioned layout must not outlive the set it belonged to.
+        known = {n for a in ARTIFACT_NAMES.values() for n in (a, manifest_path(a).name)}
+        for name in sorted(known | {e.name for e in version.iterdir()}):
+            link = self.out_dir / name
+            if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
+                if link.is_dir() and not link.is_symlink():
+                    shutil.rmtree(link)  # an engines/ folder of the older layout
+                _swap_link(link, f"{CURRENT}/{name}")
+        previous = (self.out_dir / CURRENT).resolve() if (self.out_dir / CURRENT).is_symlink() else None
+        _swap_link(self.out_dir / CURRENT, f"{VERSIONS}/{version.name}")
+        keep = (version.resolve(), previous)
+        for old in (self.out_dir / VERSIONS).iterdir():
+            if old.resolve() not in keep and not old.name.startswith(STAGING_PREFIX):
+                shutil.rmtree(old, ignore_errors=True)
+        return version
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()

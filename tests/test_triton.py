@@ -17,7 +17,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", rea
 
 from rcr_deploy.errors import RcrError  # noqa: E402
 from rcr_deploy.exporters import triton  # noqa: E402
-from rcr_deploy.artifact import manifest_path  # noqa: E402
+from rcr_deploy.artifact import manifest_path, write_manifest  # noqa: E402
 
 SIZE = 64
 
@@ -89,7 +89,8 @@ def test_logic_only_tensorrt_and_openvino_configs(exported, tmp_path):
     engine.parent.mkdir()
     engine.write_bytes(b"stand-in plan")
     profile = {"min": [1, 4, SIZE, SIZE], "opt": [1, 4, SIZE, SIZE], "max": [4, 4, SIZE, SIZE]}
-    manifest_path(engine).write_text(json.dumps({**manifest, "engine": {"profile": profile}}))
+    record = {"source": "rcrnet-fp16.onnx", "built_for": {"gpu": "stand-in"}, "profile": profile}
+    write_manifest(engine, {**{k: v for k, v in manifest.items() if k != "artifact"}, "engine": record})
     (out / "openvino").mkdir()
     (out / "openvino" / "rcrnet.xml").write_text("<net/>")
     (out / "openvino" / "rcrnet.bin").write_bytes(b"\0")

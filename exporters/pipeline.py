@@ -1,5 +1,5 @@
 """The export chain: checkpoint -> deploy form -> verified -> ONNX -> simplified -> validated,
-then FP16 / INT8 artifacts, accuracy on labelled data, manifests, and TensorRT engines on request.
+then FP16 / INT8 artifacts, accuracy on labelled data, manifests, OpenVINO IRs and TensorRT engines on request.
 
 Everything is written into a hidden staging folder inside the output folder and moved into place
 only when every step has passed, so an error or Ctrl-C leaves the previous artifacts untouched.
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from rcr_deploy.exporters.tensorrt import EngineOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: What `--format` accepts; ONNX is always written (every other format is made from it).
+FORMATS = ("onnx", "openvino")
 #: Each stage against the one before it: pass when max|a-b| <= atol + rtol * max|reference|,
 #: and (on real images) when at least `agreement` of the pixels get the same class.
 #: fp32 is ONNX Runtime vs the deploy-form torch model; fp16 and int8 are vs the fp32 artifact.
@@ -68,6 +70,8 @@ class ExportResult:
     engines: dict[str, Path]
     #: Wall seconds per step.
     timings: dict[str, float]
+    #: precision -> OpenVINO IR (.xml), with --format openvino.
+    openvino: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
@@ -78,6 +82,16 @@ def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise RcrError(f"unknown precision {', '.join(unknown)}; use a comma list of {', '.join(PRECISIONS)}")
     return tuple(p for p in PRECISIONS if p == "fp32" or p in items)
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """'onnx,openvino' or a sequence -> ordered formats; onnx is always included."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    items = [f.strip().lower() for f in items if f.strip()]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown:
+        raise RcrError(f"--format {', '.join(unknown)}: unknown; use a comma list of {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f == "onnx" or f in items)
 
 
 def _check_out_dir(out_dir: Path, names: list[str], force: bool) -> Path:
@@ -111,12 +125,14 @@ def export(
     force: bool = False,
     progress: bool = True,
     seed: int = 0,
+    formats: str | Sequence[str] = ("onnx",),
 ) -> ExportResult:
     """Run the export chain and write `ARTIFACT_NAMES[p]` + manifest for every precision into `out_dir`.
 
     Bad input raises `RcrError` before any work (exit 2); a stage beyond tolerance raises
     `VerificationError` (exit 1). Nothing in `out_dir` changes unless every step passed."""
     chosen = parse_precisions(precisions)
+    with_ir = "openvino" in parse_formats(formats)
     out_dir = Path(out_dir)
     hw = (size, size)
     # Every input is checked before the slow work starts.
@@ -138,12 +154,18 @@ def export(
         from rcr_deploy.exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
+    if with_ir:
+        from rcr_deploy.exporters import openvino as openvino_export
+
+        openvino_export.require_openvino()
     path = default_checkpoint() if ckpt is None else Path(ckpt)
     loaded = load_checkpoint(path, arch=arch)
     names = [n for p in chosen for n in (ARTIFACT_NAMES[p], manifest_path(Path(ARTIFACT_NAMES[p])).name)]
+    if with_ir:
+        names += [f.name for p in chosen for f in openvino_export.ir_files(openvino_export.ir_path(Path(ARTIFACT_NAMES[p])))]
     staging = _check_out_dir(out_dir, names, force)
 
-    steps = 4 + 2 * (len(chosen) - 1) + (val is not None) + 1
+    steps = 4 + 2 * (len(chosen) - 1) + (val is not None) + 1 + with_ir
     bar = tqdm(total=steps, desc="export", unit="step", disable=not progress)
     timings: dict[str, float] = {}
 
@@ -233,7 +255,18 @@ def export(
             manifests.write_sidecar(staged[p], record)
         step("manifests", t0)
 
+        irs = {}
+        if with_ir:
+            t0 = time.perf_counter()
+            irs, ir_checks = openvino_export.export_irs(staged, inputs, progress)
+            summaries += ir_checks
+            step("openvino", t0)
+
         # Commit: every check passed; move the staged files over the old ones.
+        for p, xml in irs.items():
+            for f in openvino_export.ir_files(xml):
+                os.replace(f, out_dir / f.name)
+            irs[p] = out_dir / xml.name
         artifacts = {}
         for p, staged_path in staged.items():
             final = out_dir / staged_path.name
@@ -257,7 +290,7 @@ def export(
             summaries.append(check.summary())
             if not check:
                 raise VerificationError(f"{engines[p]}: differs from {artifact.name} on ONNX Runtime beyond tolerance")
-    return ExportResult(out_dir, artifacts, summaries, accuracy, engines, timings)
+    return ExportResult(out_dir, artifacts, summaries, accuracy, engines, timings, irs)
 
 
 def _verify_reparam(model: torch.nn.Module, seed: int) -> dict[str, Any]:

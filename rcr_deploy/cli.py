@@ -371,7 +371,7 @@ def eval_(
     from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
-    runner = load_runner(model)
+    runner = load_runner(model, hint="throughput")
     if size is None:
         size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
     report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch)
@@ -422,6 +422,7 @@ def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: str = typer.Option("fp32", help="Comma list of fp32, fp16, int8 (fp32 is always written)."),
+    format: str = typer.Option("onnx", "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written)."),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
@@ -447,7 +448,7 @@ def export_cmd(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
-        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
+        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)), formats=format,
     )
     if as_json:
         print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
@@ -471,6 +472,10 @@ def export_cmd(
         for r in result.accuracy["rows"]:
             acc.add_row(r["precision"], f"{r['fg_miou']:.4f}", f"{r['class_miou']:.4f}", f"{r['fg_miou_vs_fp32']:+.4f}")
         console.print(acc)
+    for p, path in result.openvino.items():
+        v = stages[f"openvino-{p}"]
+        agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
+        console.print(f"OpenVINO IR ({p}): {path} (vs {result.artifacts[p].name}: max abs {v['max_abs']:.1e}, same class {agreement})")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
     console.print(

@@ -1,4 +1,4 @@
-"""One Runner interface over torch, onnxruntime and TensorRT (Polygraphy's runner shape).
+"""One Runner interface over torch, onnxruntime, OpenVINO and TensorRT (Polygraphy's runner shape).
 
 Every runner takes an NCHW float32 batch and returns NCHW float32 mask logits, so validation,
 eval, bench and infer are written once against `Runner.infer`.
@@ -48,9 +48,11 @@ def manifest_path(artifact: Path) -> Path:
 MANIFEST_METADATA_KEY = "rcr_deploy.manifest"
 
 
-def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
-    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, a TensorRT engine, or an
-    export folder (its FP32 artifact). `None` is the built-in default checkpoint."""
+def load_runner(model: str | os.PathLike | None = None, device: str = "cpu", hint: str = "latency") -> Runner:
+    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, an OpenVINO IR (`.xml`),
+    a TensorRT engine, or an export folder (its FP32 artifact). `None` is the built-in default
+    checkpoint. `hint` is OpenVINO's performance hint: latency (one image, video) or throughput
+    (folders and batches)."""
     from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
     from rcr_deploy.errors import RcrError
     from rcr_deploy.reparam import reparameterize
@@ -67,10 +69,14 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> 
         from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path)
+    if path.suffix == ".xml":
+        from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+        return OpenVINORunner(path, hint=hint)
     if path.suffix == ".engine":
         from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(path)
     raise RcrError(
-        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, a .engine or an export folder"
+        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, an OpenVINO .xml, a .engine or an export folder"
     )

@@ -290,7 +290,8 @@ def bench(
     backend: Optional[str] = typer.Option(
         None, help="Comma-separated: 'all' (default unless --engine is given), 'torch', 'onnxruntime' (the exported "
         "artifacts), or torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, onnxruntime-fp32, "
-        "onnxruntime-fp16, onnxruntime-int8."
+        "onnxruntime-fp16, onnxruntime-int8, openvino (the IRs of 'export --format openvino'), openvino-fp32, "
+        "openvino-fp16, openvino-int8."
     ),
     engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) to time: fp32, fp16, int8 (built from the export if missing)."),
     batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32."),

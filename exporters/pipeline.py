@@ -258,7 +258,8 @@ def export(
         irs = {}
         if with_ir:
             t0 = time.perf_counter()
-            irs, ir_checks = openvino_export.export_irs(staged, inputs, progress)
+            calib_batch = prec.load_batch(calib_images, hw, in_channels) if "int8" in chosen else None
+            irs, ir_checks = openvino_export.export_irs(staged, inputs, calib_batch, progress)
             summaries += ir_checks
             step("openvino", t0)
 

@@ -78,8 +78,9 @@ def test_export_writes_ir_per_precision_with_manifest_in_rt_info_and_sidecar(exp
         embedded = json.loads(ov.Core().read_model(str(xml)).get_rt_info(RT_INFO_KEY).astype(str))
         assert {k: v for k, v in sidecar.items() if k != "artifact"} == embedded
         assert sidecar["artifact"] == {"file": xml.name, "sha256": sha256_file(xml)}
-        onnx_artifact = exported["out"] / ARTIFACT_NAMES[p]
-        assert embedded["openvino"]["source"] == {"file": onnx_artifact.name, "sha256": sha256_file(onnx_artifact)}
+        onnx_artifact, source = exported["out"] / ARTIFACT_NAMES[p], exported["out"] / ARTIFACT_NAMES["fp32"]
+        assert embedded["openvino"]["source"] == {"file": source.name, "sha256": sha256_file(source)}  # INT8: NNCF from FP32
+        assert (embedded["openvino"]["quantization"] is not None) == (p == "int8")
         assert embedded["openvino"]["weights"]["sha256"] == sha256_file(xml.with_suffix(".bin"))
         assert embedded["precision"] == p and embedded["input"] == json.loads(manifest_path(onnx_artifact).read_text())["input"]
         check = embedded["validation"][-1]
@@ -89,9 +90,9 @@ def test_export_writes_ir_per_precision_with_manifest_in_rt_info_and_sidecar(exp
 
 @pytest.mark.parametrize("p", ["fp32", "int8"])
 def test_ir_round_trip_agrees_with_its_onnx_within_the_stated_bound(exported, p):
-    """The IR on OpenVINO (f32) against the ONNX it came from on ONNX Runtime, on real images."""
+    """The IR on OpenVINO (f32) against the ONNX it came from (FP32 for NNCF's INT8) on ONNX Runtime, on real images."""
     tol, agreement = openvino_export.TOLERANCES[p]
-    runner, reference = OpenVINORunner(_xml(exported, p)), OnnxRuntimeRunner(exported["out"] / ARTIFACT_NAMES[p])
+    runner, reference = OpenVINORunner(_xml(exported, p)), OnnxRuntimeRunner(exported["out"] / ARTIFACT_NAMES["fp32"])
     result = onnx_export.validate(runner, reference, {"real": _real(exported)}, tol, agreement)
     assert result, result.summary()
     if p == "fp32":
@@ -104,8 +105,8 @@ def test_ir_validation_fails_hard_beyond_tolerance(exported, monkeypatch):
 
     monkeypatch.setitem(openvino_export.TOLERANCES, "int8", (Tolerance(rtol=0.0, atol=0.0), 1.0))
     inputs = onnx_export.validation_inputs(4, (SIZE, SIZE), _real(exported))
-    with pytest.raises(VerificationError, match="differs from rcrnet-int8.onnx"):
-        openvino_export._validated(_xml(exported, "int8"), exported["out"] / ARTIFACT_NAMES["int8"], inputs, "int8")
+    with pytest.raises(VerificationError, match="differs from rcrnet.onnx"):
+        openvino_export._validated(_xml(exported, "int8"), exported["out"] / ARTIFACT_NAMES["fp32"], inputs, "int8")
 
 
 # ------------------------------------------------------------------------------ runner hints
@@ -195,7 +196,7 @@ def test_int8_artifact_agrees_across_ort_levels_and_openvino(exported):
     runners = [
         _OrtAtLevel(path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
         _OrtAtLevel(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-        OpenVINORunner(_xml(exported, "int8")),
+        OpenVINORunner(path),  # OpenVINO reads the Q/DQ ONNX itself
     ]
     inputs = {"real": _real(exported)}
     for i, a in enumerate(runners):

@@ -156,6 +156,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for name in ENGINES:
@@ -167,6 +168,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for latency, miou, size in points:
             ax.annotate(str(size), (latency, miou), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(f"p50 latency at batch 1 (ms, log scale), {report['machine']['threads']} threads, machine under load")
     ax.set_ylabel("foreground mIoU (%), validation split")
     ax.set_title(f"RCRNet speed vs accuracy by input size on {report['machine']['cpu']}", fontsize=9)

@@ -211,6 +211,7 @@ def export(
         validations = {"fp32": _validated(fp32_runner, reference, inputs, "fp32")}
         timings["validate-fp32"] = round(time.perf_counter() - t0, 3)
 
+        across: list[dict[str, Any]] = []
         for p in chosen[1:]:
             t0 = time.perf_counter()
             if p == "fp16":
@@ -222,6 +223,8 @@ def export(
             step(f"convert-{p}", t0)
             t0 = time.perf_counter()
             validations[p] = _validated(OnnxRuntimeRunner(staged[p]), fp32_runner, inputs, p)
+            if p == "int8":  # the same file fused differently: ORT without optimisations, OpenVINO
+                across = prec.check_across_runtimes(staged[p], inputs)
             step(f"validate-{p}", t0)
 
         accuracy = None
@@ -231,7 +234,7 @@ def export(
             step("accuracy", t0)
 
         t0 = time.perf_counter()
-        summaries = [reparam_check] + [v.summary() for v in validations.values()]
+        summaries = [reparam_check] + [v.summary() for v in validations.values()] + across
         variant = VARIANTS[loaded.arch]
         for p in chosen:
             extra = {"calibration": {"images": len(calib_images), "method": calib_method, "folder": str(calib)}} if p == "int8" else {}
@@ -247,7 +250,8 @@ def export(
                 dynamic_hw=dynamic_hw,
                 ops=ops[p],
                 export={"simplified": True, "dynamic_hw": dynamic_hw, "seconds": timings, **extra},
-                validation=[reparam_check, validations["fp32"].summary()] + ([validations[p].summary()] if p != "fp32" else []),
+                validation=[reparam_check, validations["fp32"].summary()] + ([validations[p].summary()] if p != "fp32" else [])
+                + (across if p == "int8" else []),
                 accuracy=accuracy,
             )
             manifests.embed(protos[p], record)

@@ -31,8 +31,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
-from rcr_deploy.errors import DataError, ExportError
+from rcr_deploy.errors import DataError, ExportError, VerificationError
 from rcr_deploy.preprocess import load_image, preprocess
+from rcr_deploy.reparam import Tolerance
 
 from rcr_deploy.exporters.onnx import INPUT_NAME, OUTPUT_NAME
 
@@ -43,6 +44,11 @@ NO_QDQ_OPS = ("Sigmoid", "Softmax", "Resize")
 QUANTIZED_OPS = ("Conv", "Add")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: The INT8 file on other runtimes against ONNX Runtime with every graph optimisation: ORT with
+#: none (DISABLE_ALL) and OpenVINO each fuse and round the Q/DQ graph their own way. Measured on the
+#: shipped model at 224 (docs/cpu-engines.md): logits up to about 1 apart, >= 99.3 % same class. As
+#: for INT8 against FP32, the logit bound catches a broken graph and the pixel agreement is the gate.
+CROSS_RUNTIME = (Tolerance(rtol=0.5, atol=0.5), 0.95)
 #: Default calibration images per method. MinMax keeps two scalars per tensor and image; the
 #: histogram methods keep every activation of every image in memory (~77 MiB per image for the
 #: full RCRNet at 224x224), so they default to fewer.
@@ -160,6 +166,30 @@ def quantize_int8(
     strip_float_boundaries(model)
     check_qdq_placement(model)
     return model
+
+
+def check_across_runtimes(path: Path, inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Run the INT8 artifact on ONNX Runtime without graph optimisations and on OpenVINO, each
+    against ONNX Runtime with all of them, within `CROSS_RUNTIME`; raise `VerificationError`
+    beyond it. Returns the validation summaries."""
+    from rcr_deploy.exporters.onnx import validate
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    tol, agreement = CROSS_RUNTIME
+    reference = OnnxRuntimeRunner(path)
+    summaries = []
+    for stage, runner in (("int8 on onnxruntime DISABLE_ALL", OnnxRuntimeRunner(path, optimization="DISABLE_ALL")), ("int8 on openvino", OpenVINORunner(path))):
+        result = validate(runner, reference, inputs, tol, agreement)
+        result.stage = stage
+        s = result.summary()
+        if not result:
+            raise VerificationError(
+                f"{path.name}: {stage} differs from onnxruntime ENABLE_ALL beyond tolerance: max abs {s['max_abs']:.3e} "
+                f"(rtol {tol.rtol}, atol {tol.atol}), mask agreement {s['mask_agreement']} (needs {agreement})"
+            )
+        summaries.append(s)
+    return summaries
 
 
 def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper
@@ -26,7 +25,7 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images
 from rcr_deploy.reparam import randomize_bn
-from rcr_deploy.runtime import ARTIFACT_NAMES, Runner, load_runner, manifest_path
+from rcr_deploy.runtime import ARTIFACT_NAMES, load_runner, manifest_path
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner
 from test_data import write_dataset
@@ -175,27 +174,15 @@ def test_int8_placement_check_rejects_qdq_between_conv_and_relu(exported):
 # ------------------------------------------------------------------------------ cross-runtime INT8
 
 
-class _OrtAtLevel(Runner):
-    """ONNX Runtime at one graph-optimisation level (the INT8 graph is fused differently at each)."""
-
-    def __init__(self, path: Path, level: ort.GraphOptimizationLevel) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.name = f"onnxruntime-{level.name}"
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"input": x})[0]
-
-
 def test_int8_artifact_agrees_across_ort_levels_and_openvino(exported):
     """The same INT8 file on ORT DISABLE_ALL, ORT ENABLE_ALL and OpenVINO: each pair within the
-    INT8 bound the export states (openvino_export.TOLERANCES) on logits and on the mask."""
+    INT8 cross-runtime bound the export states (precision.CROSS_RUNTIME) on logits and on the mask,
+    and the export recorded its own check of it in the manifest."""
     path = exported["out"] / ARTIFACT_NAMES["int8"]
-    tol, agreement = openvino_export.TOLERANCES["int8"]
+    tol, agreement = precision.CROSS_RUNTIME
     runners = [
-        _OrtAtLevel(path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-        _OrtAtLevel(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        OnnxRuntimeRunner(path, optimization="DISABLE_ALL"),
+        OnnxRuntimeRunner(path, optimization="ENABLE_ALL"),
         OpenVINORunner(path),  # OpenVINO reads the Q/DQ ONNX itself
     ]
     inputs = {"real": _real(exported)}
@@ -203,6 +190,8 @@ def test_int8_artifact_agrees_across_ort_levels_and_openvino(exported):
         for b in runners[i + 1 :]:
             result = onnx_export.validate(a, b, inputs, tol, agreement)
             assert result, (a.name, b.name, result.summary())
+    stages = [v["stage"] for v in json.loads(manifest_path(path).read_text())["validation"]]
+    assert {"int8 on onnxruntime DISABLE_ALL", "int8 on openvino"} <= set(stages)
 
 
 # ------------------------------------------------------------------------------ commands take .xml

@@ -12,7 +12,11 @@ versions) and its own validation, in its rt_info (`RT_INFO_KEY`) and in the `<na
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +73,25 @@ def _validated(xml: Path, source: Path, inputs: dict[str, np.ndarray], precision
     return result
 
 
-def quantize_nncf(model: Any, calib: np.ndarray) -> Any:
+def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True) -> Any:
     """NNCF post-training quantisation of an OpenVINO model on preprocessed calibration images
     (N x C x H x W): symmetric int8 (the PERFORMANCE preset), placed for the CPU plugin."""
     import nncf
 
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+    nncf.set_log_level(logging.ERROR)
+    # NNCF draws its progress bars on stdout, which `export --json` keeps for its JSON.
     try:
-        return nncf.quantize(
-            model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU, subset_size=len(calib)
-        )
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            return nncf.quantize(
+                model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU, subset_size=len(calib)
+            )
     except Exception as e:  # NNCF raises many types; one line is what the user needs
         raise ExportError(f"NNCF quantisation failed ({str(e).strip().splitlines()[-1][:200]}); rerun with --debug") from e
 
 
 def export_ir(
-    artifact: Path, inputs: dict[str, np.ndarray], source: Path | None = None, calib: np.ndarray | None = None
+    artifact: Path, inputs: dict[str, np.ndarray], source: Path | None = None, calib: np.ndarray | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
     """Write the IR of `artifact` beside it, made from `source` (default: `artifact` itself), NNCF
     quantised on `calib` when given; validate it against `source` on ONNX Runtime, and write the
@@ -99,7 +106,7 @@ def export_ir(
     except Exception as e:  # OpenVINO's frontends raise several types; one line is what the user needs
         raise ExportError(f"{source}: OpenVINO cannot convert it ({str(e).strip().splitlines()[-1][:200]}); rerun with --debug") from e
     if calib is not None:
-        model = quantize_nncf(model, calib)
+        model = quantize_nncf(model, calib, progress)
     ov.save_model(model, str(xml), compress_to_fp16=False)
     record = {k: v for k, v in manifests.read(artifact).items() if k != "artifact"}
     precision = record["precision"]
@@ -133,7 +140,7 @@ def export_irs(
     irs, summaries = {}, []
     for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not progress, leave=False):
         if precision == "int8":
-            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib)
+            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress)
         else:
             irs[precision], summary = export_ir(artifact, inputs)
         summaries.append(summary)

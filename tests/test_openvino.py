@@ -242,3 +242,13 @@ def test_unknown_format_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--format tflite" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_nncf_quantisation_keeps_stdout_clean_for_json(exported, capfd):
+    """`export --json` prints JSON on stdout; NNCF's progress bars and logs must not land there."""
+    import openvino as ov
+
+    model = ov.convert_model(str(exported["out"] / ARTIFACT_NAMES["fp32"]))
+    quantized = openvino_export.quantize_nncf(model, _real(exported)[:2], progress=False)
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    assert capfd.readouterr().out == ""

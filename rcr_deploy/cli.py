@@ -476,7 +476,7 @@ def export_cmd(
     for p, path in result.openvino.items():
         v = stages[f"openvino-{p}"]
         agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
-        console.print(f"OpenVINO IR ({p}): {path} (vs {result.artifacts[p].name}: max abs {v['max_abs']:.1e}, same class {agreement})")
+        console.print(f"OpenVINO IR ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
     console.print(

@@ -96,7 +96,7 @@ class OpenVINORunner(Runner):
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # RuntimeError from the core, ovc's Error from convert_model: a truncated .bin, a newer IR, a corrupt file
             raise RcrError(
-                f"{self.path}: OpenVINO {ov.__version__.split('-')[0]} cannot load it ({_first_line(e)}); "
+                f"{self.path}: OpenVINO {ov.__version__.split('-')[0]} cannot load it ({_last_line(e)}); "
                 "re-export it, or upgrade with pip install -U openvino"
             ) from e
         self.manifest = read_manifest(self.path, model)
@@ -127,6 +127,6 @@ class OpenVINORunner(Runner):
         self._queue = self._request = self.compiled = None
 
 
-def _first_line(e: Exception) -> str:
+def _last_line(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1][:200] if lines else type(e).__name__

@@ -46,6 +46,9 @@ BACKENDS = (
     "onnxruntime-fp32",
     "onnxruntime-fp16",
     "onnxruntime-int8",
+    "openvino-fp32",
+    "openvino-fp16",
+    "openvino-int8",
 )
 PRECISIONS = tuple(ARTIFACT_NAMES)
 
@@ -121,7 +124,7 @@ def select_backends(spec: str, device: str) -> list[str]:
     for item in (part.strip() for part in spec.split(",")):
         if item == "all":
             names += default_backends(device)
-        elif item in ("torch", "onnxruntime"):
+        elif item in ("torch", "onnxruntime", "openvino"):
             names += [b for b in default_backends(device) if b.startswith(item + "-") and b != "onnxruntime-unfused"]
         elif item:
             names.append(item)
@@ -207,7 +210,7 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
         from rcr_deploy.exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
-    needs_artifact = any(b.startswith("onnxruntime-") and b != "onnxruntime-unfused" for b in config.backends)
+    needs_artifact = any(b.startswith(("onnxruntime-", "openvino-")) and b != "onnxruntime-unfused" for b in config.backends)
     if (needs_artifact or config.engines) and not _artifact(config.out_dir, "fp32").is_file():
         raise _no_artifact(config.out_dir)
     ckpt = load_checkpoint(_checkpoint_path(config))
@@ -261,6 +264,8 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
                 targets.append(torch_target(backend, "deploy", _HalfPrecision(deploy), precision="fp16"))
             elif backend == "onnxruntime-unfused":
                 targets.append(_unfused_target(train, deploy, config, tmp, model_info, (fp32_miou, torch_miou_source)))
+            elif backend.startswith("openvino-"):
+                targets.append(_openvino_target(backend.split("-")[1], config, model_info))
             else:
                 path = _artifact(config.out_dir, backend.split("-")[1])
                 if not path.is_file():
@@ -311,6 +316,26 @@ def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: 
         lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
         artifact=path, macs=count_macs_onnx(path, in_shape).macs, params=model_info["params_deploy"],
         miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
+    )
+
+
+def _openvino_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+    """The IR `export --format openvino` wrote, with the LATENCY hint and f32 (bf16 only when asked)."""
+    from rcr_deploy.exporters.openvino import ir_path
+    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    if config.device != "cpu":
+        raise Skip("the OpenVINO runner here is CPU only")
+    path = ir_path(_artifact(config.out_dir, precision))
+    if not path.is_file():
+        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT --format onnx,openvino' with {precision} among its precisions")
+    miou = manifest_miou(_manifest(path), precision)
+    in_shape = (1, model_info["in_channels"], config.size, config.size)
+    return Target(
+        f"openvino-{precision}", "openvino", precision, "deploy",
+        lambda: OpenVINORunner(path, hint="latency", precision="f32", threads=config.threads),
+        artifact=path, macs=count_macs_onnx(_artifact(config.out_dir, precision), in_shape).macs,
+        params=model_info["params_deploy"], miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
     )
 
 

@@ -2,7 +2,8 @@
 
     check_inputs -> deploy_form (reparameterize + verify) -> onnx_fp32 (export + simplify + check)
     -> convert_and_validate (save and validate fp32 vs torch; convert and validate fp16 / int8 vs fp32)
-    -> measure_accuracy -> write_manifests -> build_engines -> commit
+    -> measure_accuracy -> write_manifests -> openvino_irs (with --format openvino) -> build_engines
+    -> commit
 
 Everything is written into a staging folder of the output folder (rcr_deploy.artifact.ExportSet),
 engines included, and published by one atomic pointer swap only when every step has passed, so
@@ -40,6 +41,8 @@ from rcr_deploy.exporters.onnx import TOLERANCES
 from rcr_deploy.exporters.tensorrt import EngineOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
+#: What `--format` accepts; ONNX is always written (every other format is made from it).
+FORMATS = ("onnx", "openvino")
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
 VALIDATION_IMAGES = 8
 
@@ -59,6 +62,8 @@ class ExportResult:
     engines: dict[str, Path]
     #: Wall seconds per step.
     timings: dict[str, float]
+    #: precision -> OpenVINO IR (.xml), with --format openvino.
+    openvino: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -80,6 +85,7 @@ class Plan:
     engine_options: EngineOptions | None
     seed: int
     progress: bool
+    formats: tuple[str, ...] = ("onnx",)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -111,6 +117,9 @@ class Staged:
     ops: dict[str, dict[str, int]]
     paths: dict[str, Path]
     validations: dict[str, onnx_export.Validation]
+    inputs: dict[str, np.ndarray]
+    #: The INT8 file on ONNX Runtime without optimisations and on OpenVINO (`prec.check_across_runtimes`).
+    across: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
@@ -121,6 +130,16 @@ def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise RcrError(f"unknown precision {', '.join(unknown)}; use a comma list of {', '.join(PRECISIONS)}")
     return tuple(p for p in PRECISIONS if p == "fp32" or p in items)
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """'onnx,openvino' or a sequence -> ordered formats; onnx is always included."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    items = [f.strip().lower() for f in items if f.strip()]
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown:
+        raise RcrError(f"--format {', '.join(unknown)}: unknown; use a comma list of {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f == "onnx" or f in items)
 
 
 @contextmanager
@@ -150,9 +169,15 @@ def check_inputs(
     engine_options: EngineOptions | None,
     seed: int,
     progress: bool,
+    formats: str | Sequence[str] = ("onnx",),
 ) -> Plan:
     """Every input checked (bad input raises `RcrError`, exit 2) before the slow work starts."""
     chosen = parse_precisions(precisions)
+    chosen_formats = parse_formats(formats)
+    if "openvino" in chosen_formats:
+        from rcr_deploy.runtime.openvino_runner import require_openvino
+
+        require_openvino()
     if calib_method not in prec.CALIB_METHODS:
         raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
     calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
@@ -175,7 +200,7 @@ def check_inputs(
     loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
     options = (engine_options or EngineOptions(size=(size, size))) if engine else None
     return Plan(loaded, Path(out_dir), chosen, (size, size), dynamic_hw, opset, calib, calib_images, calib_method,
-                val, val_images, val_limit, options, seed, progress)  # fmt: skip
+                val, val_images, val_limit, options, seed, progress, chosen_formats)  # fmt: skip
 
 
 def deploy_form(plan: Plan) -> Deployed:
@@ -203,7 +228,7 @@ def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
     real = prec.load_batch(real_source[:VALIDATION_IMAGES], plan.size, in_channels) if real_source else None
     inputs = onnx_export.validation_inputs(in_channels, plan.size, real, plan.seed)
     paths = {p: folder / ARTIFACT_NAMES[p] for p in plan.precisions}
-    staged = Staged(graph, folder, {"fp32": graph.proto}, {"fp32": graph.ops}, paths, {})
+    staged = Staged(graph, folder, {"fp32": graph.proto}, {"fp32": graph.ops}, paths, {}, inputs)
     onnx_export.save_proto(graph.proto, staged.paths["fp32"])
     with _timed(plan, "validate-fp32", bar):
         fp32 = OnnxRuntimeRunner(staged.paths["fp32"])
@@ -220,6 +245,8 @@ def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
                 onnx_export.save_proto(staged.protos[p], staged.paths[p])
             with _timed(plan, f"validate-{p}", bar), OnnxRuntimeRunner(staged.paths[p]) as runner:
                 staged.validations[p] = _validated(runner, fp32, inputs, p)
+                if p == "int8":  # the same file fused differently: ORT without optimisations, OpenVINO
+                    staged.across = prec.check_across_runtimes(staged.paths[p], inputs)
     return staged
 
 
@@ -261,13 +288,29 @@ def write_manifests(staged: Staged, accuracy: dict[str, Any] | None) -> list[dic
             dynamic_hw=plan.dynamic_hw,
             ops=staged.ops[p],
             export={"simplified": True, "dynamic_hw": plan.dynamic_hw, "seconds": plan.timings, **extra},
-            validation=[deployed.check, fp32_summary] + ([staged.validations[p].summary()] if p != "fp32" else []),
+            validation=[deployed.check, fp32_summary] + ([staged.validations[p].summary()] if p != "fp32" else [])
+            + (staged.across if p == "int8" else []),
             accuracy=accuracy,
         )
         manifests.embed(staged.protos[p], record)
         onnx_export.save_proto(staged.protos[p], staged.paths[p])
         write_manifest(staged.paths[p], record)
-    return [deployed.check] + [v.summary() for v in staged.validations.values()]
+    return [deployed.check] + [v.summary() for v in staged.validations.values()] + staged.across
+
+
+def openvino_irs(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, Path]:
+    """An OpenVINO IR per staged artifact (the INT8 one by NNCF from FP32 on the calibration
+    images), each validated against its ONNX; none unless --format has openvino."""
+    plan = staged.graph.deployed.plan
+    if "openvino" not in plan.formats:
+        return {}
+    from rcr_deploy.exporters import openvino as openvino_export
+
+    in_channels = plan.checkpoint.model.in_channels
+    calib = prec.load_batch(plan.calib_images, plan.size, in_channels) if "int8" in plan.precisions else None
+    irs, checks = openvino_export.export_irs(staged.paths, staged.inputs, calib, plan.progress)
+    summaries += checks
+    return irs
 
 
 def build_engines(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, Path]:
@@ -310,6 +353,7 @@ def export(
     force: bool = False,
     progress: bool = True,
     seed: int = 0,
+    formats: str | Sequence[str] = ("onnx",),
 ) -> ExportResult:
     """Run the export chain and publish `ARTIFACT_NAMES[p]` + manifest for every precision in `out_dir`.
 
@@ -318,10 +362,15 @@ def export(
     plan = check_inputs(
         ckpt, Path(out_dir), precisions, calib, val, arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset,
         calib_count=calib_count, calib_method=calib_method, val_limit=val_limit, engine=engine,
-        engine_options=engine_options, seed=seed, progress=progress,
+        engine_options=engine_options, seed=seed, progress=progress, formats=formats,
     )
     names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
-    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None)
+    with_ir = "openvino" in plan.formats
+    if with_ir:
+        from rcr_deploy.exporters.openvino import ir_files, ir_path
+
+        names += [f.name for p in plan.precisions for f in ir_files(ir_path(Path(ARTIFACT_NAMES[p])))]
+    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + with_ir
     with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
         with _timed(plan, "reparameterize+verify", bar):
             deployed = deploy_form(plan)
@@ -334,11 +383,16 @@ def export(
                 accuracy = measure_accuracy(staged)
         with _timed(plan, "manifests", bar):
             summaries = write_manifests(staged, accuracy)
+        irs = {}
+        if with_ir:
+            with _timed(plan, "openvino", bar):
+                irs = openvino_irs(staged, summaries)
         engines = build_engines(staged, summaries)
         export_set.commit()
     published = {p: plan.out_dir / path.name for p, path in staged.paths.items()}
     engine_paths = {p: plan.out_dir / ENGINES / path.name for p, path in engines.items()}
-    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings)
+    published_irs = {p: plan.out_dir / xml.name for p, xml in irs.items()}
+    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings, published_irs)
 
 
 def _verify_reparam(model: torch.nn.Module, seed: int) -> dict[str, Any]:

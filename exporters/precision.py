@@ -4,10 +4,20 @@ FP16: onnxconverter-common's convert_float_to_float16(keep_io_types=True): every
 initializer becomes float16 and the graph computes in float16 between a Cast after the input and
 a Cast before the output, so callers keep feeding and reading float32.
 
-INT8: ONNX Runtime's `quantize_static` in QDQ format, configured the way TensorRT consumes
-explicit quantisation: symmetric int8 activations and weights, per-channel weight scales (fused
-RCR kernels have wide per-channel ranges), Q/DQ pairs on the float weights, biases left float,
-and no Q/DQ on the graph output or around Sigmoid / Softmax / Resize.
+INT8: ONNX Runtime's `quantize_static` in QDQ format, placed as TensorRT's explicit-quantisation
+guidance ("Q/DQ layer placement recommendations" in the TensorRT developer guide) asks:
+
+1. Quantise the inputs of weighted ops, activation and weight: symmetric int8, zero point 0,
+   per-channel weight scales (fused RCR kernels have wide per-channel ranges), biases left float.
+2. Do not quantise a weighted op's output, so no Q/DQ sits between Conv and its Relu: TensorRT
+   fuses Conv+bias+Relu (and a residual Add) and the next op's input Q closes the group.
+3. Quantise both inputs of a residual Add, so TensorRT can fuse the Add into the Conv before it.
+4. Keep the graph output and Sigmoid / Softmax / Resize in float.
+5. Depth-wise ConvTranspose (the up-samplers) stays float: ONNX Runtime's per-channel axis for
+   ConvTranspose is 1, of size 1 when groups == channels, so its scales would be per-tensor and
+   round about half of the weights to zero; these layers are memory-bound, so int8 gains nothing.
+
+`check_qdq_placement` asserts each rule on the graph, and the export runs it on every INT8 artifact.
 """
 
 from __future__ import annotations
@@ -23,17 +33,24 @@ import onnx
 from onnx import TensorProto, numpy_helper
 from tqdm import tqdm
 
-from rcr_deploy.errors import DataError, ExportError, RcrError
+from rcr_deploy.errors import DataError, ExportError, RcrError, VerificationError
 from rcr_deploy.preprocess import load_image, preprocess
+from rcr_deploy.reparam import Tolerance
 
 from rcr_deploy.exporters.onnx import INPUT_NAME
 
 FP16_MAX = float(np.finfo(np.float16).max)
 #: Op types that must stay un-quantised (TensorRT runs them in float; Q/DQ there costs accuracy).
 NO_QDQ_OPS = ("Sigmoid", "Softmax", "Resize")
-#: Op types whose inputs get Q/DQ: the compute-heavy ones TensorRT fuses with Q/DQ.
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Add", "Concat", "AveragePool", "Relu", "Mul", "ReduceMean")
+#: Op types whose inputs get Q/DQ (rules 1 and 3); their outputs never do (rule 2).
+QUANTIZED_OPS = ("Conv", "Add")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: The INT8 file on other runtimes against ONNX Runtime with every graph optimisation: ORT with
+#: none (DISABLE_ALL) and OpenVINO each fuse and round the Q/DQ graph their own way. Measured on the
+#: shipped model at 224 (docs/cpu-engines.md): logits up to about 1 apart, >= 99.3 % same class. As
+#: for INT8 against FP32, the logit bound catches a broken graph and the pixel agreement is the gate.
+CROSS_RUNTIME = (Tolerance(rtol=0.5, atol=0.5), 0.95)
 #: Default calibration images per method. MinMax keeps two scalars per tensor and image; the
 #: histogram methods keep every activation of every image in memory (~77 MiB per image for the
 #: full RCRNet at 224x224), so they default to fewer.
@@ -122,6 +139,7 @@ def quantize_int8(
                     # Keep Relu explicit: TensorRT fuses Conv+Relu itself, and removing it would
                     # let a symmetric int8 range waste half its codes on negatives.
                     "QDQKeepRemovableActivations": True,
+                    "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),  # rule 2
                     "CalibTensorRangeSymmetric": True,
                     # Not CalibMaxIntermediateOutputs: ORT 1.32 drops (not merges) each full chunk.
                 },
@@ -139,6 +157,30 @@ def quantize_int8(
     return model
 
 
+def check_across_runtimes(path: Path, inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Run the INT8 artifact on ONNX Runtime without graph optimisations and on OpenVINO, each
+    against ONNX Runtime with all of them, within `CROSS_RUNTIME`; raise `VerificationError`
+    beyond it. Returns the validation summaries."""
+    from rcr_deploy.exporters.onnx import validate
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    tol, agreement = CROSS_RUNTIME
+    reference = OnnxRuntimeRunner(path)
+    summaries = []
+    for stage, runner in (("int8 on onnxruntime DISABLE_ALL", OnnxRuntimeRunner(path, optimization="DISABLE_ALL")), ("int8 on openvino", OpenVINORunner(path))):
+        result = validate(runner, reference, inputs, tol, agreement)
+        result.stage = stage
+        s = result.summary()
+        if not result:
+            raise VerificationError(
+                f"{path.name}: {stage} differs from onnxruntime ENABLE_ALL beyond tolerance: max abs {s['max_abs']:.3e} "
+                f"(rtol {tol.rtol}, atol {tol.atol}), mask agreement {s['mask_agreement']} (needs {agreement})"
+            )
+        summaries.append(s)
+    return summaries
+
+
 def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -149,9 +191,11 @@ def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str,
 
 
 def strip_float_boundaries(model: onnx.ModelProto) -> None:
-    """Bypass the Q -> DQ pairs that ONNX Runtime puts on the graph output and around
-    Sigmoid/Softmax/Resize, then drop the Q/DQ nodes left unused. TensorRT then keeps those
-    tensors in float instead of rounding logits or attention weights to int8."""
+    """Bypass the Q -> DQ pairs that ONNX Runtime puts on the graph output, around
+    Sigmoid/Softmax/Resize, and on the inputs of ops outside QUANTIZED_OPS (it shares one pair among
+    all readers of a tensor, so a Relu output read by a Conv and an AveragePool gets DQ -> AveragePool
+    too), then drop the Q/DQ nodes left unused. TensorRT then keeps those tensors in float instead
+    of rounding logits or attention weights to int8."""
     graph = model.graph
     producers, consumers = _index(graph)
 
@@ -161,9 +205,11 @@ def strip_float_boundaries(model: onnx.ModelProto) -> None:
         return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
 
     for node in graph.node:
-        if node.op_type not in NO_QDQ_OPS:
+        if node.op_type in QDQ or node.op_type in QUANTIZED_OPS:
             continue
         node.input[:] = [float_source(name) or name for name in node.input]
+        if node.op_type not in NO_QDQ_OPS:
+            continue
         for out in node.output:
             for q in (c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"):
                 for dq in (c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"):
@@ -178,7 +224,7 @@ def strip_float_boundaries(model: onnx.ModelProto) -> None:
                 node.input[:] = [output.name if n == source else n for n in node.input]
     while True:  # prune Q/DQ whose outputs nobody reads
         used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        dead = [n for n in graph.node if n.op_type in QDQ and n.output[0] not in used]
         if not dead:
             break
         for node in dead:
@@ -189,15 +235,18 @@ def strip_float_boundaries(model: onnx.ModelProto) -> None:
 
 
 def check_qdq_placement(model: onnx.ModelProto) -> dict[str, int]:
-    """Raise `ExportError` unless the Q/DQ layout is the TensorRT one; return Q/DQ counts.
+    """Raise `ExportError` unless the Q/DQ layout follows the module docstring's rules; return Q/DQ counts.
 
     Checked: every Q/DQ is int8 with zero point 0 (symmetric); every Conv weight is a per-channel
-    Q -> DQ pair on a float initializer; no bias is quantised; the graph output and the inputs and
-    outputs of Sigmoid/Softmax/Resize carry no Q/DQ."""
+    Q -> DQ pair on a float initializer; no bias is quantised; an activation's DequantizeLinear
+    feeds only QUANTIZED_OPS (so no weighted op's output is quantised for its own sake) and no Relu
+    reads one (Conv+Relu under one pair); ConvTranspose
+    weights stay float; the graph output and the inputs and outputs of Sigmoid/Softmax/Resize
+    carry no Q/DQ."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers, consumers = _index(graph)
-    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    qdq = [n for n in graph.node if n.op_type in QDQ]
     if not qdq:
         raise ExportError("INT8 model has no Q/DQ nodes; nothing was quantised")
     for node in qdq:
@@ -214,13 +263,24 @@ def check_qdq_placement(model: onnx.ModelProto) -> dict[str, int]:
                 raise ExportError(f"{node.name}: weight is quantised per tensor; per-channel scales are required")
             if len(node.input) > 2 and node.input[2] not in inits:
                 raise ExportError(f"{node.name}: bias is quantised; biases must stay float")
+        if node.op_type == "DequantizeLinear" and node.input[0] not in inits:  # an activation's DQ
+            readers = {c.op_type for c in consumers.get(node.output[0], [])}
+            if readers - set(QUANTIZED_OPS):
+                raise ExportError(
+                    f"{node.name}: feeds {', '.join(sorted(readers - set(QUANTIZED_OPS)))}; Q/DQ may only mark the "
+                    f"inputs of {', '.join(QUANTIZED_OPS)}, never a weighted op's output"
+                )
+        if node.op_type == "ConvTranspose" and getattr(producers.get(node.input[1]), "op_type", None) in QDQ:
+            raise ExportError(f"{node.name}: depth-wise ConvTranspose weight is quantised; it must stay float")
+        if node.op_type == "Relu" and getattr(producers.get(node.input[0]), "op_type", None) == "DequantizeLinear":
+            raise ExportError(f"{node.name}: Relu reads a DequantizeLinear; Conv and Relu must share one Q/DQ pair")
         if node.op_type in NO_QDQ_OPS:
             touched = [producers.get(i) for i in node.input] + [c for o in node.output for c in consumers.get(o, [])]
-            if any(n is not None and n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in touched):
+            if any(n is not None and n.op_type in QDQ for n in touched):
                 raise ExportError(f"{node.name}: Q/DQ around {node.op_type}; it must run in float")
     for output in graph.output:
         producer = producers.get(output.name)
-        if producer is not None and producer.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if producer is not None and producer.op_type in QDQ:
             raise ExportError(f"graph output {output.name} is produced by {producer.op_type}; outputs must stay float")
     return {
         "QuantizeLinear": sum(n.op_type == "QuantizeLinear" for n in qdq),

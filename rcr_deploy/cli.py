@@ -353,8 +353,9 @@ def bench(
     ),
     backend: Optional[str] = typer.Option(
         None, help="Comma-separated: 'all' (default unless --engine or artifact files are given), 'torch', 'onnxruntime' "
-        "(the exported artifacts), or torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, "
-        "onnxruntime-fp32, onnxruntime-fp16, onnxruntime-int8."
+        "(the exported artifacts), 'openvino' (the IRs of 'export --format openvino'), or torch-train, torch-deploy, "
+        "torch-compile, torch-fp16, onnxruntime-unfused, onnxruntime-fp32, onnxruntime-fp16, onnxruntime-int8, "
+        "openvino-fp32, openvino-fp16, openvino-int8."
     ),
     engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) of the exported artifacts to time: fp32, fp16, int8 (built if missing)."),
     batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32."),
@@ -444,7 +445,7 @@ def eval_(
     from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
-    with load_runner(model, device=device) as runner:
+    with load_runner(model, device=device, hint="throughput") as runner:
         if size is None:
             size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
         report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
@@ -496,6 +497,7 @@ def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: Optional[str] = typer.Option(None, help="Comma list of fp32, fp16, int8 (fp32 is always written); default fp32, or fp32,fp16 with --engine."),
+    format: str = typer.Option("onnx", "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written)."),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
@@ -528,7 +530,7 @@ def export_cmd(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
-        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
+        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)), formats=format,
     )
     if triton is not None:
         configs = triton_repo.write_repository(result.out_dir, triton, result.engines, max_batch=max_batch, force=force)
@@ -556,6 +558,10 @@ def export_cmd(
         for r in result.accuracy["rows"]:
             acc.add_row(r["precision"], f"{r['fg_miou']:.4f}", f"{r['class_miou']:.4f}", f"{r['fg_miou_vs_fp32']:+.4f}")
         console.print(acc)
+    for p, path in result.openvino.items():
+        v = stages[f"openvino-{p}"]
+        agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
+        console.print(f"OpenVINO IR ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
     console.print(

@@ -1,4 +1,4 @@
-"""One Runner interface over torch, onnxruntime and TensorRT (Polygraphy's runner shape).
+"""One Runner interface over torch, onnxruntime, OpenVINO and TensorRT (Polygraphy's runner shape).
 
 Every runner takes an NCHW float32 batch and returns NCHW float32 mask logits, so validation,
 eval, bench and infer are written once against `Runner.infer`.
@@ -75,9 +75,11 @@ def onnxruntime_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> Runner:
-    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, a TensorRT engine, or an
-    export folder (its FP32 artifact), on `device`. `None` is the built-in default checkpoint.
+def load_runner(model: str | os.PathLike | None = None, device: str = "cpu", hint: str = "latency") -> Runner:
+    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, an OpenVINO IR (`.xml`),
+    a TensorRT engine, or an export folder (its FP32 artifact), on `device`. `None` is the
+    built-in default checkpoint. `hint` is OpenVINO's performance hint: latency (one image, video)
+    or throughput (folders and batches).
 
     The device is honoured (ONNX on CUDA uses onnxruntime's CUDA provider) or refused in one line."""
     from rcr_deploy.artifact import resolve
@@ -97,6 +99,12 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> 
         from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device))
+    if path.suffix == ".xml":
+        if device.startswith("cuda"):
+            raise RcrError(f"{path}: OpenVINO IRs run on the CPU here; pass --device cpu, or use the .onnx artifact on CUDA")
+        from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+        return OpenVINORunner(path, hint=hint)
     if path.suffix == ".engine":
         if not device.startswith("cuda"):
             raise RcrError(f"{path}: a TensorRT engine runs on a CUDA GPU only; pass --device cuda")
@@ -104,5 +112,5 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu") -> 
 
         return TensorRTRunner(path)
     raise RcrError(
-        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, a .engine or an export folder"
+        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, an OpenVINO .xml, a .engine or an export folder"
     )

@@ -14,7 +14,11 @@ from rcr_deploy.runtime import Runner
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX artifact on ONNX Runtime (CPU provider unless `providers` says otherwise)."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None, optimization: str = "ENABLE_ALL"
+    ) -> None:
+        """`optimization`: ONNX Runtime's graph optimisation level (DISABLE_ALL, ENABLE_BASIC,
+        ENABLE_EXTENDED, ENABLE_ALL); an INT8 Q/DQ graph is fused differently at each."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -23,6 +27,7 @@ class OnnxRuntimeRunner(Runner):
         # Read (and check) the manifest first: a corrupt sidecar is named before ONNX Runtime loads.
         self.manifest = read_manifest(self.path, missing_ok=True)
         options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{optimization}")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -1,0 +1,260 @@
+"""CPU engines side by side at each input size: latency (interleaved rounds), mIoU and agreement.
+
+    python -m rcr_deploy.benchmarks.cpu_engines --sizes 160,192,224,256 --threads 2 --data DIR
+
+For every size it exports the model (FP32 + INT8 Q/DQ ONNX, and their OpenVINO IRs, the INT8 one
+by NNCF; each validated), times every engine at batch 1 in interleaved rounds (so load drifting on a shared
+machine hits all alike), scores each on the validation split of DIR (`rcr_deploy.evaluate`), and
+compares each engine's masks and person probabilities with ONNX Runtime FP32 on the same images.
+It writes `cpu-engines-<machine>.{json,md,png}` into --out (default benchmarks/results).
+Without --data, mIoU is left out and --calib must name a folder of images for INT8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
+from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind
+from rcr_deploy.errors import RcrError
+from rcr_deploy.fileio import atomic_path, write_text_atomic
+from rcr_deploy.runtime import Runner
+
+#: name -> what it is. ov-int8 is the INT8 IR that `export --format openvino` ships; ov-int8-qdq
+#: is the alternative it was measured against.
+ENGINES = {
+    "ort-fp32": "ONNX Runtime, FP32 artifact",
+    "ort-int8": "ONNX Runtime, INT8 Q/DQ artifact",
+    "ov-fp32": "OpenVINO FP32 IR, LATENCY hint, f32",
+    "ov-bf16": "OpenVINO FP32 IR, LATENCY hint, bf16 (explicit option)",
+    "ov-int8": "OpenVINO INT8 IR: the FP32 IR quantised by NNCF (shipped)",
+    "ov-int8-qdq": "OpenVINO reading the INT8 Q/DQ ONNX directly (same calibration images)",
+    "ov-default": "OpenVINO FP32 IR, the plugin's default hints",
+}
+REFERENCE = "ort-fp32"
+#: Real images for the agreement columns (the mIoU uses the whole validation split).
+AGREEMENT_IMAGES = 16
+
+
+def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
+    """Every engine of ENGINES on one export folder."""
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+    runners: dict[str, Runner] = {
+        "ort-fp32": OnnxRuntimeRunner(folder / "rcrnet.onnx", threads=threads),
+        "ort-int8": OnnxRuntimeRunner(folder / "rcrnet-int8.onnx", threads=threads),
+        "ov-fp32": OpenVINORunner(folder / "rcrnet.xml", threads=threads),
+        "ov-bf16": OpenVINORunner(folder / "rcrnet.xml", precision="bf16", threads=threads),
+        "ov-int8": OpenVINORunner(folder / "rcrnet-int8.xml", threads=threads),
+        "ov-int8-qdq": OpenVINORunner(folder / "rcrnet-int8.onnx", threads=threads),
+        "ov-default": OpenVINORunner(folder / "rcrnet.xml", hint=None, precision=None),
+    }
+    return runners
+
+
+def _person_prob(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Same-class pixel fraction and the largest person-probability difference of two logit maps."""
+    return {
+        "mask_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+        "max_prob_diff": float(np.abs(_person_prob(a) - _person_prob(b)).max()),
+        "max_logit_diff": float(np.abs(a - b).max()),
+    }
+
+
+def measure_size(size: int, args: argparse.Namespace, calib: list[Path], val: list[Path], tmp: Path) -> dict[str, Any]:
+    """Export at `size`, then time, score and compare every engine on it."""
+    from rcr_deploy.evaluate import evaluate
+    from rcr_deploy.exporters.pipeline import export
+    from rcr_deploy.exporters.precision import load_batch
+
+    folder = tmp / str(size)
+    export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats="onnx,openvino", progress=False)
+    runners = load_engines(folder, args.threads)
+    x = np.random.default_rng(0).standard_normal((1, 4, size, size), dtype=np.float32)
+    calls = {name: timed_on_cpu(lambda r=r: r.infer(x)) for name, r in runners.items()}
+    for call in calls.values():
+        for _ in range(args.warmup):
+            call()
+    stats = time_interleaved(calls, 1, args.iters, args.max_seconds)
+    rows: dict[str, Any] = {}
+    real = load_batch(val[:AGREEMENT_IMAGES], (size, size), 4) if val else None
+    outputs = {name: r.infer(real) for name, r in runners.items()} if real is not None else {}
+    for name, runner in runners.items():
+        row: dict[str, Any] = {"engine": name, "what": ENGINES[name], **{k: getattr(stats[name], k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "iterations")}}
+        if outputs:
+            row["vs_" + REFERENCE] = agreement(outputs[name], outputs[REFERENCE])
+        if args.data is not None:
+            report = evaluate(runner, args.data, size=size, split="val", limit=args.val_limit, progress=False)
+            row["fg_miou"], row["n_images"] = report.fg_miou * 100, report.n_images
+        rows[name] = row
+        runner.close()
+    result = {"size": size, "rows": rows}
+    if outputs:  # the same INT8 file on two runtimes
+        result["int8_ort_vs_openvino"] = agreement(outputs["ov-int8-qdq"], outputs["ort-int8"])
+    return result
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# CPU engines by input size ({report['machine_kind']})",
+        "",
+        f"Measured {report['created']} with `{report['command']}`.",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} usable cores, flags {', '.join(m['cpu_flags'])}; {m['threads']} threads per engine; batch 1.",
+        f"- Load average (1, 5, 15 min) before the run: {report['load_before']}, after: {report['load_after']}. "
+        "**The machine was shared with a training job and other work while this ran, so the times are under load**; "
+        "compare engines as ratios within one size (the rounds are interleaved), and rerun the command on an idle machine for absolute figures.",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
+        f"- mIoU: mean per-image foreground IoU (%) on {report['data'] or 'no data (pass --data)'}, validation split"
+        + (f", first {report['val_limit']} images" if report["val_limit"] else "")
+        + f". Agreement: against {REFERENCE} on {AGREEMENT_IMAGES} validation images.",
+        "",
+    ]
+    for s in report["sizes"]:
+        ref = s["rows"][REFERENCE]["p50_ms"]
+        lines += [
+            f"## {s['size']}x{s['size']}",
+            "",
+            f"| engine | p50 ms | p90 ms | p99 ms | × vs {REFERENCE} | mIoU | same class vs {REFERENCE} | max Δ person prob |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, r in s["rows"].items():
+            agree = r.get("vs_" + REFERENCE)
+            miou = f"{r['fg_miou']:.2f}" if "fg_miou" in r else "–"
+            lines.append(
+                f"| {name}: {r['what']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ref / r['p50_ms']:.2f} | {miou} | "
+                + (f"{agree['mask_agreement']:.4%} | {agree['max_prob_diff']:.3f} |" if agree else "– | – |")
+            )
+        if "int8_ort_vs_openvino" in s:
+            a = s["int8_ort_vs_openvino"]
+            lines += ["", f"The INT8 Q/DQ file on ONNX Runtime and on OpenVINO: same class on {a['mask_agreement']:.4%} of pixels, "
+                      f"person probability up to {a['max_prob_diff']:.3f} apart (logits up to {a['max_logit_diff']:.2f})."]  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency against mIoU, one line per engine through the sizes (each point labelled with its size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name in ENGINES:
+        points = [(s["rows"][name]["p50_ms"], s["rows"][name].get("fg_miou"), s["size"]) for s in report["sizes"] if name in s["rows"]]
+        points = [p for p in points if p[1] is not None]
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for latency, miou, size in points:
+            ax.annotate(str(size), (latency, miou), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel(f"p50 latency at batch 1 (ms, log scale), {report['machine']['threads']} threads, machine under load")
+    ax.set_ylabel("foreground mIoU (%), validation split")
+    ax.set_title(f"RCRNet speed vs accuracy by input size on {report['machine']['cpu']}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="160,192,224,256", help="comma list of square input sizes (multiples of 32)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=100, help="timed calls per engine and size")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=8.0, help="stop timing an engine after about this long per size")
+    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: the built-in model)")
+    parser.add_argument("--data", type=Path, default=None, help="labelled folder (images/ + masks/): mIoU on its validation split, calibration from its train split")
+    parser.add_argument("--calib", dest="calib_dir", type=Path, default=None, help="calibration images (default: the train split of --data)")
+    parser.add_argument("--calib-count", type=int, default=32)
+    parser.add_argument("--val-limit", type=int, default=None, help="score only the first N validation images")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes}: expected comma-separated integers, e.g. 160,192,224")
+    if any(s < 32 or s % 32 for s in sizes):
+        parser.error(f"--sizes {args.sizes}: every size must be a positive multiple of 32, e.g. 160,192,224,256")
+    from rcr_deploy.data.folder import list_pairs
+    from rcr_deploy.preprocess import list_images
+
+    try:
+        val = [p.image for p in list_pairs(args.data, "val")][: args.val_limit] if args.data else []
+        if args.calib_dir is None and args.data is None:
+            raise RcrError("INT8 needs calibration images: pass --data DIR (a labelled folder) or --calib DIR")
+        if args.calib_dir is None:
+            calib = [p.image for p in list_pairs(args.data, "train")][: args.calib_count]
+        else:
+            calib = list_images(args.calib_dir, "calibration")[: args.calib_count]
+    except RcrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import openvino
+
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="rcr-cpu-engines-") as tmp:
+        if args.calib_dir is None:  # the export reads a folder: link the chosen train images into one
+            args.calib_dir = Path(tmp) / "calib"
+            args.calib_dir.mkdir()
+            for p in calib:
+                (args.calib_dir / p.name).symlink_to(p.resolve())
+        results = [measure_size(size, args, calib, val, Path(tmp)) for size in tqdm(sizes, desc="sizes", unit="size")]
+    info = machine_info(args.threads)
+    versions = {**info["versions"], "openvino": openvino.__version__.split("-")[0]}
+    try:
+        import nncf
+
+        versions["nncf"] = nncf.__version__
+    except ImportError:
+        pass
+    report = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "rcr_deploy.benchmarks.cpu_engines", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": info,
+        "machine_kind": machine_kind(info),
+        "versions": versions,
+        "load_before": load_before,
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "data": str(args.data) if args.data else None,
+        "val_limit": args.val_limit,
+        "engines": ENGINES,
+        "sizes": results,
+    }
+    stem = args.out / f"cpu-engines-{report['machine_kind']}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2))
+    write_text_atomic(stem.with_suffix(".md"), to_markdown(report))
+    if args.data:
+        plot(report, stem.with_suffix(".png"))
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""ONNX artifact -> OpenVINO IR (`.xml` + `.bin`) per precision, validated against the ONNX it came from.
+
+The FP32 and FP16 IRs are their ONNX artifacts as OpenVINO reads them, weights saved as they are
+(`compress_to_fp16=False`: an FP32 IR stays FP32). The INT8 IR is the FP32 IR quantised by NNCF
+post-training quantisation on the export's calibration images: measured against OpenVINO reading
+the INT8 Q/DQ artifact, it ran as fast or faster and agreed better with FP32 (docs/cpu-engines.md).
+Each IR is validated against the ONNX artifact it was made from (FP32 for the INT8 IR).
+
+Every IR carries the ONNX artifact's manifest plus an `openvino` record (source, weights file,
+versions) and its own validation, in its rt_info (`RT_INFO_KEY`) and in the `<name>.xml.json` sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rcr_deploy.artifact import manifest_path, read_manifest, write_manifest
+from rcr_deploy.errors import ExportError, VerificationError
+from rcr_deploy.fileio import sha256_file
+from rcr_deploy.reparam import Tolerance
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner, require_openvino
+
+from rcr_deploy.exporters import onnx as onnx_export
+
+#: IR (OpenVINO, f32 inference precision) against its source ONNX on ONNX Runtime, as in
+#: `pipeline.TOLERANCES`: max|a-b| <= atol + rtol * max|reference| and the pixel agreement on real
+#: images. fp32/fp16 differ only in kernel order. The INT8 IR is checked against FP32, and INT8
+#: logits move a lot where the mask barely does (the same holds for the INT8 ONNX against FP32),
+#: so its logit bound only catches a broken graph and the agreement is the gate.
+TOLERANCES: dict[str, tuple[Tolerance, float]] = {
+    "fp32": (Tolerance(rtol=1e-3, atol=1e-4), 0.999),
+    "fp16": (Tolerance(rtol=3e-3, atol=1e-3), 0.999),
+    "int8": (Tolerance(rtol=0.5, atol=0.5), 0.95),
+}
+
+
+def ir_path(onnx_artifact: Path) -> Path:
+    """`rcrnet-int8.onnx` -> `rcrnet-int8.xml` (its weights are the `.bin` beside it)."""
+    return onnx_artifact.with_suffix(".xml")
+
+
+def ir_files(xml: Path) -> list[Path]:
+    """The files that make up one IR artifact: the graph, its weights and its manifest."""
+    return [xml, xml.with_suffix(".bin"), manifest_path(xml)]
+
+
+def _validated(xml: Path, source: Path, inputs: dict[str, np.ndarray], precision: str) -> onnx_export.Validation:
+    tol, agreement = TOLERANCES[precision]
+    runner, reference = OpenVINORunner(xml, hint="latency", precision="f32"), OnnxRuntimeRunner(source)
+    try:
+        result = onnx_export.validate(runner, reference, inputs, tol, agreement)
+    finally:
+        runner.close()
+    result.stage = f"openvino-{precision}"
+    if not result:
+        s = result.summary()
+        raise VerificationError(
+            f"{xml.name} differs from {source.name} on ONNX Runtime beyond tolerance: max abs {s['max_abs']:.3e} "
+            f"(rtol {tol.rtol}, atol {tol.atol}) on {s['worst']['input']}, mask agreement {s['mask_agreement']} "
+            f"(needs {agreement})"
+        )
+    return result
+
+
+def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True) -> Any:
+    """NNCF post-training quantisation of an OpenVINO model on preprocessed calibration images
+    (N x C x H x W): symmetric int8 (the PERFORMANCE preset), placed for the CPU plugin."""
+    import nncf
+
+    dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+    nncf.set_log_level(logging.ERROR)
+    # NNCF draws its progress bars on stdout, which `export --json` keeps for its JSON.
+    try:
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            return nncf.quantize(
+                model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU, subset_size=len(calib)
+            )
+    except Exception as e:  # NNCF raises many types; one line is what the user needs
+        raise ExportError(f"NNCF quantisation failed ({str(e).strip().splitlines()[-1][:200]}); rerun with --debug") from e
+
+
+def export_ir(
+    artifact: Path, inputs: dict[str, np.ndarray], source: Path | None = None, calib: np.ndarray | None = None, progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Write the IR of `artifact` beside it, made from `source` (default: `artifact` itself), NNCF
+    quantised on `calib` when given; validate it against `source` on ONNX Runtime, and write the
+    artifact's manifest, extended, into the IR and its sidecar. Returns the `.xml` and the
+    validation summary. Raises `ExportError` if OpenVINO cannot convert it and `VerificationError`
+    beyond tolerance."""
+    ov = require_openvino()
+    source = source or artifact
+    xml = ir_path(artifact)
+    try:
+        model = ov.convert_model(str(source))
+    except Exception as e:  # OpenVINO's frontends raise several types; one line is what the user needs
+        raise ExportError(f"{source}: OpenVINO cannot convert it ({str(e).strip().splitlines()[-1][:200]}); rerun with --debug") from e
+    if calib is not None:
+        model = quantize_nncf(model, calib, progress)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    record = {k: v for k, v in read_manifest(artifact).items() if k != "artifact"}
+    precision = record["precision"]
+    summary = _validated(xml, source, inputs, precision).summary()
+    record["validation"] = [*record["validation"], summary]
+    record["tools"] = {**record["tools"], "openvino": ov.__version__.split("-")[0]}
+    if calib is not None:
+        import nncf
+
+        record["tools"]["nncf"] = nncf.__version__
+    record["openvino"] = {
+        "source": {"file": source.name, "sha256": sha256_file(source)},
+        "quantization": f"NNCF post-training, PERFORMANCE preset (symmetric int8), CPU target, {len(calib)} calibration images"
+        if calib is not None
+        else None,
+        "weights": {"file": xml.with_suffix(".bin").name, "sha256": sha256_file(xml.with_suffix(".bin"))},
+        "runtime_hints": "rcr-deploy sets PERFORMANCE_HINT (LATENCY for one image or video, THROUGHPUT for "
+        "folders and batches) and INFERENCE_PRECISION_HINT f32 (bf16 only when asked)",
+    }
+    model.set_rt_info(json.dumps(record), RT_INFO_KEY)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    write_manifest(xml, record)
+    return xml, summary
+
+
+def export_irs(
+    artifacts: dict[str, Path], inputs: dict[str, np.ndarray], calib: np.ndarray | None = None, progress: bool = True
+) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """`export_ir` for every precision's ONNX artifact, the INT8 one by NNCF from the FP32 one on
+    `calib` (preprocessed calibration images); returns precision -> `.xml` and the summaries."""
+    irs, summaries = {}, []
+    for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not progress, leave=False):
+        if precision == "int8":
+            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress)
+        else:
+            irs[precision], summary = export_ir(artifact, inputs)
+        summaries.append(summary)
+    return irs, summaries

@@ -1,0 +1,133 @@
+"""OpenVINO runner: an IR (`.xml` + `.bin`) or an ONNX artifact on OpenVINO's CPU plugin.
+
+The hints are set on purpose, never left to the plugin:
+- `latency` (one image, a video stream) or `throughput` (folders and batches: the batch is split
+  over the plugin's parallel infer requests);
+- inference precision `f32` unless `bf16` is asked for: on CPUs with AVX-512 BF16 or AMX the
+  plugin's default is bf16, which silently moves RCRNet's logits by about 0.1.
+`hint=None` / `precision=None` leave the plugin's own defaults, for benchmarks that measure them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rcr_deploy.artifact import check_manifest
+from rcr_deploy.artifact import read_manifest as read_sidecar
+from rcr_deploy.errors import BackendUnavailable, ManifestError, RcrError
+from rcr_deploy.runtime import Runner
+
+HINTS = ("latency", "throughput")
+PRECISION_HINTS = ("f32", "bf16")
+#: Where the manifest (JSON text) sits in the IR's rt_info.
+RT_INFO_KEY = ["rcr_deploy", "manifest"]
+INSTALL_HINT = "pip install 'openvino>=2025.0', or use --backend onnxruntime"
+
+
+def require_openvino() -> Any:
+    """The `openvino` module, or `BackendUnavailable` in one line saying what to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise BackendUnavailable(f"OpenVINO is not installed; {INSTALL_HINT}") from None
+    return openvino
+
+
+def read_manifest(path: Path, model: Any) -> dict[str, Any] | None:
+    """The artifact's manifest: its JSON sidecar (checked as every sidecar is), else the copy in
+    the IR's rt_info, or None."""
+    manifest = read_sidecar(path, missing_ok=True)
+    if manifest is None and model.has_rt_info(RT_INFO_KEY):
+        try:
+            manifest = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
+        except ValueError as e:
+            raise ManifestError(f"{path}: the manifest in its rt_info is not valid JSON; re-export it with 'rcr-deploy export --format openvino'") from e
+        manifest = check_manifest(manifest, f"{path} (rt_info manifest)")
+    return manifest
+
+
+def check_ir_files(path: Path) -> None:
+    """A missing or empty `.bin` gets a one-line error naming it (OpenVINO's own message does not)."""
+    if not path.is_file():
+        raise RcrError(f"{path}: no such artifact; run 'rcr-deploy export --format onnx,openvino' first")
+    if path.suffix == ".xml":
+        weights = path.with_suffix(".bin")
+        if not weights.is_file() or weights.stat().st_size == 0:
+            raise RcrError(f"{weights}: the IR's weights are missing or empty; copy it beside {path.name} or re-export")
+
+
+class OpenVINORunner(Runner):
+    """Runs an IR or ONNX file on OpenVINO (CPU); same NCHW float32 in / logits out as every runner."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        hint: str | None = "latency",
+        precision: str | None = "f32",
+        threads: int | None = None,
+    ) -> None:
+        ov = require_openvino()
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        if hint is not None and hint not in HINTS:
+            raise RcrError(f"OpenVINO hint {hint!r}: unknown; use one of {', '.join(HINTS)}")
+        if precision is not None and precision not in PRECISION_HINTS:
+            raise RcrError(f"OpenVINO precision {precision!r}: unknown; use one of {', '.join(PRECISION_HINTS)}")
+        self.path = Path(path)
+        check_ir_files(self.path)
+        core = ov.Core()
+        config: dict[Any, Any] = {}
+        if hint is not None:
+            config[hints.performance_mode] = getattr(hints.PerformanceMode, hint.upper())
+        if precision is not None:
+            config[hints.inference_precision] = getattr(ov.Type, precision)
+        if threads:
+            config[props.inference_num_threads] = threads
+        try:
+            # An ONNX file goes through convert_model, as `export --format openvino` does: reading it
+            # with read_model skips conversion passes, and on a Q/DQ INT8 graph that was measured to
+            # move masks several times further from ONNX Runtime (docs/cpu-engines.md).
+            model = ov.convert_model(str(self.path)) if self.path.suffix == ".onnx" else core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:  # RuntimeError from the core, ovc's Error from convert_model: a truncated .bin, a newer IR, a corrupt file
+            raise RcrError(
+                f"{self.path}: OpenVINO {ov.__version__.split('-')[0]} cannot load it ({_last_line(e)}); "
+                "re-export it, or upgrade with pip install -U openvino"
+            ) from e
+        self.manifest = read_manifest(self.path, model)
+        self.in_channels = int(model.input(0).partial_shape[1].get_length())
+        self.hint, self.precision = hint, precision
+        self.requests = int(self.compiled.get_property(props.optimal_number_of_infer_requests))
+        self._request = self.compiled.create_infer_request()
+        self._queue: Any = None
+        self.name = f"openvino:{self.path.name}"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self._check_active()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.hint != "throughput" or len(x) < 2 or self.requests < 2:
+            return np.array(self._request.infer({0: x})[0], dtype=np.float32, copy=True)
+        # Throughput: one slice of the batch per parallel request (the plugin's streams).
+        from openvino import AsyncInferQueue
+
+        if self._queue is None:
+            self._queue = AsyncInferQueue(self.compiled, self.requests)
+        parts: list[Any] = [None] * min(self.requests, len(x))
+        self._queue.set_callback(lambda request, i: parts.__setitem__(i, np.array(request.get_output_tensor(0).data, copy=True)))
+        for i, chunk in enumerate(np.array_split(x, len(parts))):
+            self._queue.start_async({0: chunk}, i)
+        self._queue.wait_all()
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _release(self) -> None:
+        self._queue = self._request = self.compiled = None
+
+
+def _last_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(e).__name__

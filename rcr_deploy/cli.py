@@ -496,7 +496,7 @@ def demo(
 def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
-    precision: Optional[str] = typer.Option(None, help="Comma list of fp32, fp16, int8 (fp32 is always written); default fp32, or fp32,fp16 with --engine."),
+    precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
     format: str = typer.Option("onnx", "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written)."),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
@@ -507,7 +507,7 @@ def export_cmd(
     dynamic_hw: bool = typer.Option(False, "--dynamic-hw/--no-dynamic-hw", help="Dynamic height/width (multiples of 32) as well as batch."),
     opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state_dict."),
-    engine: bool = typer.Option(False, "--engine/--no-engine", help="Also build a TensorRT engine for every artifact (and make FP16 unless --precision says otherwise)."),
+    engine: bool = typer.Option(False, "--engine/--no-engine", help="Also build a TensorRT engine for every artifact."),
     min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
     opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
     max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size)."),
@@ -524,8 +524,6 @@ def export_cmd(
     if triton is not None:
         triton_repo.check_target(triton, force)
 
-    if precision is None:
-        precision = "fp32,fp16" if engine else "fp32"
     result = export(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,

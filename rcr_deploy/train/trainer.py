@@ -419,7 +419,7 @@ class Trainer:
                 bar.set_description(f"epoch {self.epoch + 1}/{self.planned}", refresh=False)
                 if self.epoch >= self.planned:
                     break
-                if cfg.time_limit_min and time.perf_counter() - session >= cfg.time_limit_min * 60:
+                if self._time_up:
                     stopped = "time_limit"
                     break
             bar.close()
@@ -437,9 +437,9 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch, self.sums = 0, {}
         self.scheduler.step()
-        last = self.epoch >= self.planned or (
-            self.cfg.time_limit_min and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
-        )
+        # Decided once, here, so that the epoch the run stops after is always validated.
+        self._time_up = bool(self.cfg.time_limit_min) and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
+        last = self.epoch >= self.planned or self._time_up
         if self.val_split and self.main and (self.epoch % self.cfg.val_every == 0 or last):
             record.update(self.validate())
             self.wall = record["wall_s"] = time.perf_counter() - self._t0

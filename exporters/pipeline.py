@@ -49,6 +49,8 @@ TOLERANCES: dict[str, tuple[Tolerance, float]] = {
     "fp16": (Tolerance(rtol=3e-2, atol=1e-3), 0.995),
     "int8": (Tolerance(rtol=1.0, atol=0.1), 0.95),
 }
+#: The newest opset that torch's exporter converts to and onnxruntime loads (checked with torch 2.13).
+MAX_OPSET = 23
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
 VALIDATION_IMAGES = 8
 
@@ -120,6 +122,10 @@ def export(
     out_dir = Path(out_dir)
     hw = (size, size)
     # Every input is checked before the slow work starts.
+    if not onnx_export.DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise RcrError(f"--opset {opset}: the exporter writes opsets {onnx_export.DEFAULT_OPSET} to {MAX_OPSET}; pass one of those")
+    if val_limit is not None and val_limit < 1:
+        raise RcrError(f"--val-limit {val_limit}: must be at least 1 (score the first N images of --val)")
     if calib_method not in prec.CALIB_METHODS:
         raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
     calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count

@@ -10,6 +10,7 @@ A bare state_dict is accepted too, with the architecture named by the caller (`-
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -67,8 +68,12 @@ def save_checkpoint(
         "meta": meta or {},
         **extra,
     }
+    # Serialised in memory first: torch's file writer reports a full disk as an opaque
+    # RuntimeError, a plain write raises OSError, which `atomic_path` turns into one line.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _read(path: Path) -> Any:

@@ -103,6 +103,7 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], codec: str = "mp4v") -> None:
         path = Path(path)
         output_dir(path.parent)
+        _sweep_partials(path)
         self.frames = 0
         candidates = [(codec, path.suffix or ".mp4")] + [c for c in FALLBACK_CODECS if c[0] != codec]
         for fourcc, ext in candidates:
@@ -148,6 +149,19 @@ class VideoWriter:
         """Drop the partial file (on error or interruption)."""
         self._writer.release()
         self._tmp.unlink(missing_ok=True)
+
+
+def _sweep_partials(path: Path) -> None:
+    """Remove the partial files of `path` left by a writer that was killed (its pid is gone)."""
+    for partial in path.parent.glob(f".{path.stem}.*.partial.*"):
+        pid = partial.name[len(path.stem) + 2 :].split(".")[0]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                partial.unlink(missing_ok=True)
+            except (PermissionError, OverflowError):
+                pass
 
 
 def count_frames(path: str | os.PathLike) -> int:

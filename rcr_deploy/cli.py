@@ -69,11 +69,12 @@ def _range(lo: float, hi: float, multiple: int = 1) -> Callable[[typer.Context, 
         for item in items:
             try:
                 x = float(item)
-            except ValueError:
+            except (ValueError, OverflowError):
                 x = math.nan
             if not (math.isfinite(x) and lo <= x <= hi and (multiple == 1 or x % multiple == 0)):
                 step = f" and a multiple of {multiple}" if multiple > 1 else ""
-                raise RcrError(f"{param.opts[0] if param.opts else param.name} {value}: must be a number from {lo:g} to {hi:g}{step}")
+                shown = value if isinstance(value, str) else item
+                raise RcrError(f"{param.opts[0] if param.opts else param.name} {shown}: must be a number from {lo:g} to {hi:g}{step}")
         return value
 
     return check

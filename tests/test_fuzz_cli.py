@@ -6,6 +6,9 @@ one `error:` line naming the file or option, no traceback, and no partial or rep
 point in-process (a process each would cost seconds); a full disk and a kill need real processes.
 A full disk is RLIMIT_FSIZE: the kernel then fails every write past the limit (EFBIG), in Python
 and in FFmpeg alike, with no mount and no root needed.
+
+The file is longer than most: the corpus and every class of fault live together, so one file
+shows what the whole contract covers.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ from rcr_deploy.exporters.tensorrt import EngineOptions
 PRECISIONS = ("fp32", "fp16", "int8")
 #: What `--format` accepts; ONNX is always written (every other format is made from it).
 FORMATS = ("onnx", "openvino")
+#: The newest opset that torch's exporter converts to and onnxruntime loads (checked with torch 2.13; 26 needs a fallback converter).
+MAX_OPSET = 25
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
 VALIDATION_IMAGES = 8
 
@@ -172,6 +174,10 @@ def check_inputs(
     formats: str | Sequence[str] = ("onnx",),
 ) -> Plan:
     """Every input checked (bad input raises `RcrError`, exit 2) before the slow work starts."""
+    if not onnx_export.DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise RcrError(f"--opset {opset}: the exporter writes opsets {onnx_export.DEFAULT_OPSET} to {MAX_OPSET}; pass one of those")
+    if val_limit is not None and val_limit < 1:
+        raise RcrError(f"--val-limit {val_limit}: must be at least 1 (score the first N images of --val)")
     chosen = parse_precisions(precisions)
     chosen_formats = parse_formats(formats)
     if "openvino" in chosen_formats:

@@ -10,6 +10,7 @@ A bare state_dict is accepted too, with the architecture named by the caller (`-
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 from rcr_deploy import reparam
 from rcr_deploy.errors import CheckpointError
-from rcr_deploy.fileio import atomic_path, sha256_file
+from rcr_deploy.fileio import atomic_path, regular_file, sha256_file
 from rcr_deploy.models import VARIANTS, build_model
 
 FORMAT = "rcr-deploy-checkpoint"
@@ -67,13 +68,18 @@ def save_checkpoint(
         "meta": meta or {},
         **extra,
     }
+    # Serialised in memory first: torch's file writer reports a full disk as an opaque
+    # RuntimeError, a plain write raises OSError, which `atomic_path` turns into one line.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
+    regular_file(path, "checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (zipfile.BadZipFile, EOFError) as e:
@@ -82,7 +88,7 @@ def _read(path: Path) -> Any:
         text = str(e)
         if "central directory" in text or "failed finding" in text or "file read failed" in text:
             raise CheckpointError(f"{path}: truncated or damaged checkpoint; re-copy or re-save it") from e
-        if "Weights only load failed" in text:
+        if "Unsupported global" in text:
             raise CheckpointError(
                 f"{path}: holds objects that do not load with weights_only=True; save only tensors and plain types"
             ) from e
@@ -92,6 +98,24 @@ def _read(path: Path) -> Any:
 def _in_channels(state_dict: dict[str, torch.Tensor]) -> int:
     first_conv = next(v for v in state_dict.values() if v.ndim == 4)
     return int(first_conv.shape[1])
+
+
+def _check_state_dict(state_dict: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A non-empty name -> tensor mapping with a conv layer, every value finite and every BN
+    running variance >= 0; otherwise a `CheckpointError` naming the first bad tensor."""
+    if not isinstance(state_dict, dict) or not state_dict:
+        what = "empty" if isinstance(state_dict, dict) else f"a {type(state_dict).__name__}"
+        raise CheckpointError(f"{path}: its state_dict is {what}, not a mapping of weights; re-save it with rcr-deploy")
+    for name, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {name!r} is a {type(v).__name__}, not a tensor; re-save it")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or Inf (a diverged training run?); use an earlier checkpoint")
+        if str(name).endswith("running_var") and bool((v < 0).any()):
+            raise CheckpointError(f"{path}: tensor {name} holds a negative variance; the checkpoint is damaged, use another")
+    if not any(v.ndim == 4 for v in state_dict.values()):
+        raise CheckpointError(f"{path}: its state_dict has no convolution weights; pass an RCRNet checkpoint")
+    return state_dict
 
 
 def _num_classes(state_dict: dict[str, torch.Tensor]) -> int:
@@ -109,11 +133,18 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, require_fo
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds a {type(raw).__name__}, not a checkpoint; save with rcr-deploy")
     if raw.get("format") == FORMAT:
-        if raw.get("version", 0) > VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {raw['version']} is newer than this rcr-deploy; upgrade")
-        arch = arch or raw["arch"]
+        version = raw.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CheckpointError(f"{path}: checkpoint version {version!r} is not a number; the file is damaged, re-save it")
+        if version > VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {version} is newer than this rcr-deploy; upgrade")
+        arch = arch or raw.get("arch")
+        if not isinstance(arch, str):
+            raise CheckpointError(f"{path}: records no architecture; name it with --arch ({', '.join(VARIANTS)})")
+        if "state_dict" not in raw:
+            raise CheckpointError(f"{path}: holds no state_dict (no weights); pass a ckpt.pt from 'rcr-deploy train'")
         state_dict = raw["state_dict"]
-        meta = raw.get("meta", {})
+        meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     elif raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         if arch is None:
             raise CheckpointError(f"{path}: a bare state_dict; name its architecture with --arch ({', '.join(VARIANTS)})")
@@ -124,7 +155,13 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, require_fo
 
     if arch not in VARIANTS:
         raise CheckpointError(f"{path}: unknown architecture {arch!r}; use one of {', '.join(VARIANTS)}")
-    model = build_model(arch, in_channels=_in_channels(state_dict), num_classes=_num_classes(state_dict))
+    state_dict = _check_state_dict(state_dict, path)
+    in_channels, num_classes = _in_channels(state_dict), _num_classes(state_dict)
+    if in_channels not in (3, 4):
+        raise CheckpointError(f"{path}: its first convolution takes {in_channels} channels; rcr-deploy feeds RGB (3) or RGB + prior mask (4)")
+    if num_classes != 2:
+        raise CheckpointError(f"{path}: its head has {num_classes} classes; rcr-deploy serves person/background (2) models only")
+    model = build_model(arch, in_channels=in_channels, num_classes=num_classes)
     deploy_keys = set(reparam.reparameterize(model).state_dict())
     form = "deploy" if set(state_dict) == deploy_keys else "train"
     if form == "deploy":

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -56,8 +58,72 @@ def main() -> None:
         if _state["debug"]:
             raise
         hint = f"; {e.hint}" if isinstance(e, InternalError) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
+        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+def _one_line(e: Exception) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, whose message carries the
+    worker's whole traceback, only the original message (its last line, naming the file)."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+# ------------------------------------------------------------------------------ option checks
+
+
+def _range(lo: float, hi: float, multiple: int = 1) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:
+    """A typer callback for a numeric option (or a comma list of integers, or a tuple whose first
+    item is the number): NaN, Inf and values outside [lo, hi] or off `multiple` are one line, exit 2.
+    Typer's own min/max lets NaN through and prints a usage panel, hence this one helper."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        if value is None:
+            return value
+        items = value.split(",") if isinstance(value, str) else [value[0] if isinstance(value, tuple) else value]
+        for item in items:
+            try:
+                x = float(item)
+            except (ValueError, OverflowError):
+                x = math.nan
+            if not (math.isfinite(x) and lo <= x <= hi and (multiple == 1 or x % multiple == 0)):
+                step = f" and a multiple of {multiple}" if multiple > 1 else ""
+                shown = value if isinstance(value, str) else item
+                raise RcrError(f"{param.opts[0] if param.opts else param.name} {shown}: must be a number from {lo:g} to {hi:g}{step}")
+        return value
+
+    return check
+
+
+def _device(allow_auto: bool = False) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:
+    """A typer callback for --device: cpu, cuda or cuda:N (and auto where offered); CUDA only where
+    this torch build sees a GPU."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        if value is None or value == "cpu" or (allow_auto and value == "auto"):
+            return value
+        kind, _, index = str(value).partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            choices = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
+            raise RcrError(f"--device {value}: unknown device; pass {choices}")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RcrError(f"--device {value}: this torch sees no CUDA GPU (a CPU-only build or no GPU); pass --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise RcrError(f"--device {value}: this machine has {torch.cuda.device_count()} GPU(s); pass cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return value
+
+    return check
+
+
+SIZE = _range(32, 4096, 32)  # model input sizes: the network downsamples by 32
+BATCH = _range(1, 4096)
+COUNT = _range(1, 10**9)  # --limit, --frames, --iters, ...
+THREADS = _range(1, 1024)
+TOLERANCE = _range(0, 1e6)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -65,7 +131,7 @@ def main() -> None:
 
 @app.command()
 def models(
-    size: int = typer.Option(224, help="Square input size for the MAC count."),
+    size: int = typer.Option(224, help="Square input size for the MAC count.", callback=SIZE),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Every registered variant: parameters (train and deploy form) and MACs beside the paper's."""
@@ -121,11 +187,11 @@ def models(
 def verify_reparam(
     ckpt: Optional[Path] = typer.Argument(None, help="Train-form checkpoint; default: every variant at random weights."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state_dict."),
-    rtol32: float = typer.Option(1e-4, help="float32: pass if max|a-b| <= atol + rtol * max|ref|."),
-    atol32: float = typer.Option(1e-5, help="float32 absolute tolerance."),
-    rtol64: float = typer.Option(1e-10, help="float64 relative tolerance."),
-    atol64: float = typer.Option(1e-12, help="float64 absolute tolerance."),
-    seed: int = typer.Option(0, help="Seed for random weights, BN statistics and inputs."),
+    rtol32: float = typer.Option(1e-4, help="float32: pass if max|a-b| <= atol + rtol * max|ref|.", callback=TOLERANCE),
+    atol32: float = typer.Option(1e-5, help="float32 absolute tolerance.", callback=TOLERANCE),
+    rtol64: float = typer.Option(1e-10, help="float64 relative tolerance.", callback=TOLERANCE),
+    atol64: float = typer.Option(1e-12, help="float64 absolute tolerance.", callback=TOLERANCE),
+    seed: int = typer.Option(0, help="Seed for random weights, BN statistics and inputs.", callback=_range(0, 2**32 - 1)),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Prove the deploy form computes what the train form does. Exit 0 pass, 1 mismatch, 2 bad input."""
@@ -196,12 +262,12 @@ def infer(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out/infer."),
     save: str = typer.Option("overlay,mask", help="Comma-separated outputs: mask, cutout (RGBA PNG), background, overlay, before-after."),
     background: Optional[str] = typer.Option(None, help="Replace the background with an IMAGE (resized to the frame), 'blur' or '#RRGGBB'."),
-    feather: float = typer.Option(0.0, min=0.0, help="Soften the mask's edge: Gaussian sigma in pixels (0: hard edge)."),
+    feather: float = typer.Option(0.0, help="Soften the mask's edge: Gaussian sigma in pixels (0: hard edge).", callback=_range(0, 500)),
     prior: bool = typer.Option(True, "--prior/--no-prior", help="Feed the previous frame's mask to the model (video and camera)."),
-    frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C)."),
+    frames: Optional[int] = typer.Option(None, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C).", callback=COUNT),
     codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
-    device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
+    device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda).", callback=_device()),
     server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
@@ -297,27 +363,27 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt (its config, then these options)."),
     train_split: Optional[str] = typer.Option(None, help="train | all | p3m-train | a file of ids."),
     val_split: Optional[str] = typer.Option(None, help="val | p3m-500-p | p3m-500-np | a file of ids | '' for none."),
-    size: Optional[int] = typer.Option(None, help="Square training size (default 224)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (paper: 2000)."),
-    batch: Optional[int] = typer.Option(None, help="Samples per step per process (default 32, as the paper)."),
+    size: Optional[int] = typer.Option(None, help="Square training size (default 224).", callback=SIZE),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (paper: 2000).", callback=_range(1, 10**6)),
+    batch: Optional[int] = typer.Option(None, help="Samples per step per process (default 32, as the paper).", callback=BATCH),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3; paper 1e-2, see README)."),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 5e-4)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentation."),
-    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per training process."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (default 5e-4).", callback=_range(0, 1)),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, data order and augmentation.", callback=_range(0, 2**32 - 1)),
+    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per training process.", callback=_range(0, 256)),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default).", callback=_range(0, 1024)),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N].", callback=_device(allow_auto=True)),
     init: Optional[Path] = typer.Option(None, help="Start from this train-form checkpoint's weights, with a fresh optimiser."),
     amp: Optional[str] = typer.Option(None, help="Autocast: auto (bf16 on CUDA, off on the CPU) | bf16 | fp16 | off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format (default: on CUDA only)."),
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Decode the training images once, into memory."),
     anywhere: Optional[bool] = typer.Option(None, "--anywhere/--no-anywhere", help="Add wider scales, a pasted second person, low light and colour casts."),
     schedule: Optional[str] = typer.Option(None, help="paper: lr x 0.95^(epoch/20); cosine: warm-up, then cosine to 0 at the last epoch."),
-    warmup_epochs: Optional[int] = typer.Option(None, help="Linear warm-up epochs of the cosine schedule."),
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes; with --schedule cosine the epochs are planned to fit."),
-    save_every: Optional[int] = typer.Option(None, help="Also save last.pt every N steps (0: per epoch only)."),
-    val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and after the last)."),
-    val_limit: Optional[int] = typer.Option(None, help="Validate on the first N validation images only (0: all)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps in all (0: no limit)."),
+    warmup_epochs: Optional[int] = typer.Option(None, help="Linear warm-up epochs of the cosine schedule.", callback=_range(0, 10**6)),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after the epoch that crosses this many minutes; with --schedule cosine the epochs are planned to fit.", callback=_range(0.01, 10**7)),
+    save_every: Optional[int] = typer.Option(None, help="Also save last.pt every N steps (0: per epoch only).", callback=_range(0, 10**9)),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and after the last).", callback=_range(1, 10**6)),
+    val_limit: Optional[int] = typer.Option(None, help="Validate on the first N validation images only (0: all).", callback=_range(0, 10**9)),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimiser steps in all (0: no limit).", callback=_range(0, 10**12)),
 ) -> None:
     """Train a model with the paper's recipe; with torchrun, on many GPUs or nodes (DDP)."""
     given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "resume", "time_limit")}
@@ -358,13 +424,13 @@ def bench(
         "openvino-fp32, openvino-fp16, openvino-int8."
     ),
     engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) of the exported artifacts to time: fp32, fp16, int8 (built if missing)."),
-    batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime (default: all usable cores)."),
-    size: int = typer.Option(224, help="Square input size."),
-    warmup: int = typer.Option(10, help="Untimed warm-up calls per batch size."),
-    iters: int = typer.Option(50, help="Timed calls per batch size."),
-    max_seconds: float = typer.Option(20.0, help="Stop timing a cell after this long (at least one call is timed)."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda where torch sees a GPU)."),
+    batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32.", callback=BATCH),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime (default: all usable cores).", callback=THREADS),
+    size: int = typer.Option(224, help="Square input size.", callback=SIZE),
+    warmup: int = typer.Option(10, help="Untimed warm-up calls per batch size.", callback=_range(0, 10**6)),
+    iters: int = typer.Option(50, help="Timed calls per batch size.", callback=COUNT),
+    max_seconds: float = typer.Option(20.0, help="Stop timing a cell after this long (at least one call is timed).", callback=_range(0.001, 10**6)),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda where torch sees a GPU).", callback=_device(allow_auto=True)),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--no-cuda-graphs", help="Time torch on the GPU as CUDA-graph replays."),
     ckpt: Optional[Path] = typer.Option(None, help="Train-form checkpoint for the torch rows (default: the one the export recorded)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of the table."),
@@ -432,12 +498,12 @@ def eval_(
     model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, engine or export folder; default: the built-in model."),
     data: Path = typer.Option(..., help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
     split: Optional[str] = typer.Option(None, help="all (default) | train | val | p3m-500-p | p3m-500-np | a file of ids."),
-    size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224."),
-    limit: Optional[int] = typer.Option(None, help="Score only the first N images."),
-    batch: int = typer.Option(8, help="Images per inference call."),
+    size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224.", callback=SIZE),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N images.", callback=COUNT),
+    batch: int = typer.Option(8, help="Images per inference call.", callback=BATCH),
     reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Score the harder framing: each image shrunk to half and shifted in its canvas."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
-    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images."),
+    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images.", callback=_range(0, 10**6)),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
 ) -> None:
@@ -499,18 +565,18 @@ def export_cmd(
     precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
     format: str = typer.Option("onnx", "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written)."),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
-    calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile."),
+    calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile.", callback=COUNT),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
     val: Optional[Path] = typer.Option(None, help="Labelled folder (images/ + masks/): mIoU of every precision."),
-    val_limit: Optional[int] = typer.Option(None, help="Score only the first N images of --val."),
-    size: int = typer.Option(224, help="Square input size (multiple of 32)."),
+    val_limit: Optional[int] = typer.Option(None, help="Score only the first N images of --val.", callback=COUNT),
+    size: int = typer.Option(224, help="Square input size (multiple of 32).", callback=SIZE),
     dynamic_hw: bool = typer.Option(False, "--dynamic-hw/--no-dynamic-hw", help="Dynamic height/width (multiples of 32) as well as batch."),
     opset: int = typer.Option(18, help="ONNX opset (18 or newer)."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state_dict."),
     engine: bool = typer.Option(False, "--engine/--no-engine", help="Also build a TensorRT engine for every artifact."),
-    min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch."),
-    opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for."),
-    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size)."),
+    min_batch: int = typer.Option(1, help="TensorRT profile: smallest batch.", callback=BATCH),
+    opt_batch: int = typer.Option(1, help="TensorRT profile: batch to tune for.", callback=BATCH),
+    max_batch: int = typer.Option(8, help="TensorRT profile: largest batch (and the Triton repository's max_batch_size).", callback=BATCH),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace the export set in the output folder."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository of the artifacts (and engines) to this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -574,11 +640,11 @@ def export_cmd(
 @app.command("build")
 def build_cmd(
     artifact: Optional[Path] = typer.Argument(None, help="ONNX artifact (fp32, fp16 or int8) or export folder; default rcr-deploy-out."),
-    min_batch: int = typer.Option(1, help="Optimisation profile: smallest batch."),
-    opt_batch: int = typer.Option(1, help="Optimisation profile: batch to tune for."),
-    max_batch: int = typer.Option(8, help="Optimisation profile: largest batch."),
-    size: int = typer.Option(224, help="H/W for artifacts exported with --dynamic-hw."),
-    workspace_mib: int = typer.Option(1024, help="TensorRT workspace limit in MiB."),
+    min_batch: int = typer.Option(1, help="Optimisation profile: smallest batch.", callback=BATCH),
+    opt_batch: int = typer.Option(1, help="Optimisation profile: batch to tune for.", callback=BATCH),
+    max_batch: int = typer.Option(8, help="Optimisation profile: largest batch.", callback=BATCH),
+    size: int = typer.Option(224, help="H/W for artifacts exported with --dynamic-hw.", callback=SIZE),
+    workspace_mib: int = typer.Option(1024, help="TensorRT workspace limit in MiB.", callback=_range(1, 2**20)),
     cache_dir: Optional[Path] = typer.Option(None, help="Engine cache folder; default: engines/ beside the artifact."),
     force: bool = typer.Option(False, "--force/--no-force", help="Rebuild even if the cache holds this engine."),
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rcr_deploy.checkpoint import default_checkpoint
+from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
 from rcr_deploy.data import synthetic
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import MemorySink, Segmenter, infer, run, write_png
@@ -79,6 +79,7 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
 
     out_dir = Path(out_dir)
     ckpt = default_checkpoint() if ckpt is None else Path(ckpt)  # a missing built-in model fails before any work
+    load_checkpoint(ckpt, require_form="train")  # the benchmark's torch baseline needs the train form
     seconds: dict[str, float] = {}
     t_start = time.perf_counter()
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from rcr_deploy import preprocess
 from rcr_deploy.errors import DataError, RcrError
 from rcr_deploy.evaluate import foreground_prob
-from rcr_deploy.fileio import atomic_path
+from rcr_deploy.fileio import atomic_path, output_dir, regular_file
 from rcr_deploy.metrics import THRESHOLD
 from rcr_deploy.artifact import manifest_path
 from rcr_deploy.runtime import Runner, load_runner
@@ -122,7 +122,7 @@ class Background:
             if self.colour is None or len(self.colour) != 3:
                 raise RcrError(f"--background {spec}: not a colour; write it as #RRGGBB, e.g. #00B140")
             return
-        if not Path(spec).is_file():
+        if not Path(spec).exists():
             raise DataError(f"--background {spec}: no such image file; pass an image, 'blur' or a #RRGGBB colour")
         self.image = preprocess.load_image(spec)
         self._resized: dict[tuple[int, int], np.ndarray] = {}
@@ -406,7 +406,8 @@ def _run_threads(
 
 
 class ImageSink:
-    """PNG files per frame: OUT/<name>_<mode>.png, each written atomically."""
+    """PNG files per frame: OUT/<name>_<mode>.png, each written atomically. Each picture is
+    complete once written, so an error later keeps the pictures of the images before it."""
 
     def __init__(self, out_dir: Path, modes: tuple[str, ...]) -> None:
         self.out_dir, self.modes = out_dir, modes
@@ -506,6 +507,7 @@ def classify_input(source: str) -> tuple[str, Any]:
         raise DataError(f"{source}: no such file or folder; pass an image, a folder of images, a video or a camera index")
     if path.is_dir():
         return "folder", preprocess.list_images(path, "input")
+    regular_file(path, "input file")
     suffix = path.suffix.lower()
     if suffix in preprocess.IMAGE_EXTENSIONS:
         return "image", path
@@ -514,9 +516,36 @@ def classify_input(source: str) -> tuple[str, Any]:
     raise DataError(f"{path}: not an image ({', '.join(preprocess.IMAGE_EXTENSIONS)}) or video ({', '.join(VIDEO_EXTENSIONS)}); convert it")
 
 
-def _images(paths: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
-    for p in paths:
-        yield p.stem, preprocess.load_image(p)
+def output_names(paths: list[Path]) -> list[str]:
+    """Each image's output name: its stem, or its whole file name where two inputs share a stem
+    (a.png and a.jpg become a.png_mask.png and a.jpg_mask.png, not one file written twice)."""
+    stems = [p.stem for p in paths]
+    return [p.name if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+class _FolderImages:
+    """The images of a folder; an unreadable one is skipped and remembered, so that the others
+    are still segmented and written before the error is reported."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths, self.skipped = paths, []
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, p in zip(output_names(self.paths), self.paths):
+            try:
+                rgb = preprocess.load_image(p)
+            except DataError as e:
+                self.skipped.append(e)
+                continue
+            yield name, rgb
+
+    def check(self, out_dir: Path) -> None:
+        if self.skipped:
+            done = len(self.paths) - len(self.skipped)
+            raise DataError(
+                f"{self.skipped[0]} ({len(self.skipped)} of {len(self.paths)} images unreadable; the outputs of the "
+                f"other {done} are in {out_dir}/)"
+            )
 
 
 def infer(
@@ -542,11 +571,14 @@ def infer(
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None
     kind, what = classify_input(source)
+    folder: _FolderImages | None = None
+    if kind == "image":  # read now, so a bad image fails before the model loads
+        frames: Iterable[tuple[str, np.ndarray]] = [(what.stem, preprocess.load_image(what))]
+    elif kind == "folder":
+        frames = folder = _FolderImages(what[:max_frames])
     if kind in ("image", "folder"):
-        paths = ([what] if kind == "image" else what)[:max_frames]
-        frames: Iterable[tuple[str, np.ndarray]] = _images(paths)
         sink: Sink = ImageSink(Path(out_dir), modes)
-        total, use_prior = len(paths), False  # still images: the prior channel stays zeros
+        total, use_prior = len(folder.paths) if folder else 1, False  # still images: the prior channel stays zeros
     else:
         video = VideoSource(what)
         sink = VideoSink(Path(out_dir), video.label, modes, video.fps, codec)
@@ -563,12 +595,15 @@ def infer(
         opened = contextlib.nullcontext(model)
     else:
         opened = load_runner(model, device=device)
+    output_dir(out_dir)
     with opened as runner:
         segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather)
         written, timings = run(
             frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
             total=total, progress=progress and (kind != "image"), live=kind == "camera",
         )
+    if folder is not None:
+        folder.check(Path(out_dir))
     return InferResult(kind, segmenter.runner.name, written, timings, use_prior and segmenter.in_channels == 4)
 
 

@@ -7,8 +7,11 @@ The 4th channel is the previous frame's mask in [0, 1], not normalised; zeros on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -17,12 +20,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rcr_deploy.errors import DataError
+from rcr_deploy.fileio import regular_file
 
 MEAN_RGB = (123.68, 116.78, 103.94)
 SCALE = 0.017
 PAD_VALUE = 128
 INPUT_SIZE = 224
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: The largest image (and mask) read: 64 megapixels, e.g. 8000 x 8000, about 190 MB decoded.
+#: A small file that claims more is a decompression bomb; a real photo that large is downscaled first.
+MAX_PIXELS = 64_000_000
 
 
 def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
@@ -64,27 +71,42 @@ def input_spec(size: int = INPUT_SIZE, in_channels: int = 4) -> dict[str, Any]:
     }
 
 
-def load_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
-    """Read any common image (a file, or an open binary stream such as a request body) as HxWx3
-    uint8 RGB: EXIF rotation applied; grey, RGBA (composited on grey 128), palette and 16-bit
-    images converted."""
-    path = path if hasattr(path, "read") else Path(path)
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike | BinaryIO, what: str = "image") -> Iterator[Image.Image]:
+    """Open an image or mask (a file, or an open binary stream such as a request body) with
+    Pillow, EXIF rotation applied; every failure (missing, FIFO, corrupt, over `MAX_PIXELS`) is a
+    one-line `DataError` naming the file."""
+    stream = hasattr(path, "read")
+    path = path if stream else regular_file(path, f"{what} file")
+    label = getattr(path, "name", f"the uploaded {what}") if stream else path
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = (arr / max(arr.max(), 1.0) * 255.0).round().astype(np.uint8)
-                return np.repeat(arr[..., None], 3, axis=2)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (PAD_VALUE,) * 3 + (255,))
-                return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: no such image file; check the path") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+                yield ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(
+            f"{label}: {what} over the {MAX_PIXELS // 1_000_000}-megapixel limit (a huge photo or a decompression bomb); downscale it"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e}); replace or remove it") from e
+        raise DataError(f"{label}: unreadable or corrupt {what} ({e}); replace or remove it") from e
+
+
+def load_image(path: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """Read any common image (a file or an open binary stream) as HxWx3 uint8 RGB: EXIF rotation
+    applied; grey, RGBA (composited on grey 128), palette and 16-bit images converted."""
+    with open_image(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            arr = (arr / max(arr.max(), 1.0) * 255.0).round().astype(np.uint8)
+            return np.repeat(arr[..., None], 3, axis=2)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (PAD_VALUE,) * 3 + (255,))
+            return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        return np.asarray(img.convert("RGB"))
 
 
 def list_images(folder: str | os.PathLike, what: str = "image") -> list[Path]:

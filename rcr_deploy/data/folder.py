@@ -16,10 +16,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rcr_deploy.errors import DataError
-from rcr_deploy.preprocess import IMAGE_EXTENSIONS
+from rcr_deploy.preprocess import IMAGE_EXTENSIONS, open_image
 
 #: The fixed validation rule: sort the ids; every 10th one (index % 10 == 0) is validation.
 VAL_EVERY = 10
@@ -103,19 +102,12 @@ def _read_split_file(path: Path, images: dict[str, Path]) -> list[str]:
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask as HxW uint8 0/1 (EXIF rotation applied, like its image)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA"):
-                img = img.getchannel("A")  # an alpha-only matte stored with colour
-            elif img.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "1", "F"):
-                img = img.convert("L")
-            arr = np.asarray(img)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: no such mask file; check the path") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt mask ({e}); replace or remove it") from e
+    with open_image(path, "mask") as img:
+        if img.mode in ("RGBA", "LA"):
+            img = img.getchannel("A")  # an alpha-only matte stored with colour
+        elif img.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "1", "F"):
+            img = img.convert("L")
+        arr = np.asarray(img)
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     top = arr.max(initial=0)

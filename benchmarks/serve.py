@@ -35,22 +35,13 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.fileio import atomic_path, write_text_atomic
+from rcr_deploy.demo import SAMPLE_IMAGE
 from rcr_deploy.infer import Segmenter
 from rcr_deploy.preprocess import load_image
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.serve.protocol import BATCH_HEADER
 
-SAMPLE = Path(__file__).resolve().parents[1] / "rcr_deploy" / "assets" / "sample-portrait.png"
 HOST = "127.0.0.1"  # never anything else: this sends load
-
-
-def _sample() -> Path:
-    """The sample portrait, from the repository or from the installed package."""
-    if SAMPLE.is_file():
-        return SAMPLE
-    import rcr_deploy
-
-    return Path(rcr_deploy.__file__).parent / "assets" / "sample-portrait.png"
 
 
 def server_cpu_s() -> float:
@@ -137,7 +128,7 @@ def bare(model: str | None, batch: int, threads: int, seconds: float) -> dict[st
     """The runner alone on the preprocessed sample: images/s at one batch size."""
     torch.set_num_threads(threads)
     segmenter = Segmenter(load_runner(model))
-    resized, box = segmenter.letterbox(load_image(_sample()))
+    resized, box = segmenter.letterbox(load_image(SAMPLE_IMAGE))
     x = segmenter.model_input(resized, box, None)
     xb = np.repeat(x, batch, axis=0)
     for _ in range(3):
@@ -157,7 +148,7 @@ def measure(
 ) -> dict[str, Any]:
     from rcr_deploy.serve import app
 
-    body = _sample().read_bytes()
+    body = SAMPLE_IMAGE.read_bytes()
     load_start = list(os.getloadavg())
     rows = []
     with tqdm(total=len(configs) * len(concurrency), desc="serve load test", unit="cell") as bar:
@@ -184,7 +175,7 @@ def measure(
         "load_average_end": list(os.getloadavg()),
         "versions": {"ray": _version("ray")},
         "model": load_runner(model).name,
-        "image": {"file": _sample().name, "size": list(load_image(_sample()).shape[:2]), "bytes": len(body)},
+        "image": {"file": SAMPLE_IMAGE.name, "size": list(load_image(SAMPLE_IMAGE).shape[:2]), "bytes": len(body)},
         "settings": {"requests": requests, "seconds": seconds, "batch_wait_ms": 5.0, "concurrency": concurrency, "host": HOST},
         "rows": rows,
         "command": "python -m rcr_deploy.benchmarks.serve",

@@ -1,7 +1,6 @@
 import numpy as np
 
 from rcr_deploy.data import synthetic
-from rcr_deploy.demo import SAMPLE_SEED, SAMPLE_SIZE, sample_image
 from rcr_deploy.metrics import image_ious
 
 
@@ -36,8 +35,3 @@ def test_video_moves_smoothly_with_per_frame_noise():
     clean = list(synthetic.video(12, 64, 96, seed=1, noise=0.0))
     assert not np.array_equal(frames[0][0], clean[0][0])  # sensor noise changes the pixels...
     assert np.array_equal(frames[0][1], clean[0][1])  # ...not the ground truth
-
-
-def test_shipped_sample_image_is_the_generated_one():
-    rgb, _ = synthetic.sample_portrait(*SAMPLE_SIZE, seed=SAMPLE_SEED)
-    assert np.array_equal(sample_image(), rgb)

@@ -193,3 +193,10 @@ def test_history_records_val_only_on_validated_epochs(data, tmp_path):
     Trainer(config(data, tmp_path / "run", epochs=3, val_every=2), progress=False).fit()
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert ["val_fg_miou" in h for h in history] == [False, True, True]  # epoch 2, then the last
+
+
+def test_anywhere_runs_validate_the_reframed_split_too(data, tmp_path):
+    result = Trainer(config(data, tmp_path / "run", epochs=1, anywhere=True), progress=False).fit()
+    record = result.history[-1]
+    assert 0 <= record["val_fg_miou_reframed"] <= 1 and 0 <= record["val_class_miou_reframed"] <= 1
+    assert record["val_fg_miou_reframed"] != record["val_fg_miou"]  # a different framing, scored separately

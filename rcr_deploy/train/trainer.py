@@ -346,18 +346,23 @@ class Trainer:
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def validate(self) -> dict[str, float]:
-        """Both mIoU conventions on the validation split (train form in eval mode)."""
+        """Both mIoU conventions on the validation split (train form in eval mode); with
+        `anywhere`, also on its reframed version (`eval --reframe`), which those augmentations target."""
         from rcr_deploy.evaluate import evaluate
         from rcr_deploy.runtime.torch_runner import TorchRunner
 
         runner = TorchRunner(self.model, f"{self.cfg.arch}@epoch{self.epoch}", device=str(self.device))
+        scores: dict[str, float] = {}
         try:
-            report = evaluate(
-                runner, self.cfg.data, self.cfg.size, self.cfg.val_limit or None, self.val_split, progress=self.progress
-            )
+            for suffix, reframe in [("", False)] + ([("_reframed", True)] if self.cfg.anywhere else []):
+                report = evaluate(
+                    runner, self.cfg.data, self.cfg.size, self.cfg.val_limit or None, self.val_split,
+                    progress=self.progress, reframe=reframe,
+                )  # fmt: skip
+                scores |= {f"val_fg_miou{suffix}": report.fg_miou, f"val_class_miou{suffix}": report.class_miou}
         finally:
             self.model.train()
-        return {"val_fg_miou": report.fg_miou, "val_class_miou": report.class_miou, "val_images": report.n_images}
+        return {**scores, "val_images": report.n_images}
 
     def _plan(self, session_start: float, steady: tuple[float, int] | None) -> tuple[float, int] | None:
         """Fit the cosine schedule to the time limit once the pace is known; returns the (time,

@@ -37,7 +37,16 @@ from rcr_deploy.serve.client import RemoteSegmenter  # noqa: E402
 from rcr_deploy.serve.protocol import BATCH_HEADER, SESSION_HEADER  # noqa: E402
 from rcr_deploy.serve.service import Item, SegmentService  # noqa: E402
 
-SAMPLE = Path(infer.__file__).parent / "assets" / "sample-portrait.png"
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+#: A generated 320x240 portrait, PNG-encoded: what a client uploads.
+SAMPLE = png_bytes(synthetic.sample_portrait(320, 240, seed=7)[0])
 START_S = 120  # Ray and the replica on a loaded 2-core machine
 RECOVER_S = 60  # a killed replica answers again within this (health checks every 2 s + model load)
 
@@ -107,17 +116,18 @@ def test_health_and_manifest(server):
 
 
 def test_served_mask_is_local_infer_mask(server, tmp_path):
-    status, headers, body = post(f"{server}/segment", SAMPLE.read_bytes())
+    status, headers, body = post(f"{server}/segment", SAMPLE)
     assert status == 200 and headers["content-type"] == "image/png"
     served = png_array(body)
-    expected = local_mask(SAMPLE, tmp_path)
+    (tmp_path / "sample.png").write_bytes(SAMPLE)
+    expected = local_mask(tmp_path / "sample.png", tmp_path)
     assert served.shape == expected.shape and set(np.unique(served)) <= {0, 255}
     assert np.array_equal(served, expected)
     assert 0.05 < (served > 0).mean() < 0.95  # a real segmentation, not an empty or full mask
 
 
 def test_output_chosen_by_query_or_accept(server):
-    body = SAMPLE.read_bytes()
+    body = SAMPLE
     mask = png_array(post(f"{server}/segment", body)[2])
     status, headers, cut = post(f"{server}/segment?output=cutout", body)
     cutout = png_array(cut)
@@ -129,7 +139,7 @@ def test_output_chosen_by_query_or_accept(server):
 
 
 def test_concurrent_requests_are_batched(server):
-    body = SAMPLE.read_bytes()
+    body = SAMPLE
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: post(f"{server}/segment", body), range(8)))
     assert all(r[0] == 200 for r in results)
@@ -141,10 +151,10 @@ def test_concurrent_requests_are_batched(server):
 
 BAD_REQUESTS = {
     "not an image": (b"hello, not an image", "image/png", "", 400),
-    "truncated": (SAMPLE.read_bytes()[:2000], "image/png", "", 400),
+    "truncated": (SAMPLE[:2000], "image/png", "", 400),
     "empty": (b"", "image/png", "", 400),
-    "wrong content type": (SAMPLE.read_bytes(), "text/plain", "", 415),
-    "unknown output": (SAMPLE.read_bytes(), "image/png", "?output=svg", 400),
+    "wrong content type": (SAMPLE, "text/plain", "", 415),
+    "unknown output": (SAMPLE, "image/png", "?output=svg", 400),
 }
 
 
@@ -156,7 +166,7 @@ def test_bad_request_gets_4xx_one_line_and_server_stays_up(server, case):
     text = reply.decode()
     assert text.count("\n") == 1 and "Traceback" not in text
     assert json.loads(text)["error"]
-    assert post(f"{server}/segment", SAMPLE.read_bytes())[0] == 200
+    assert post(f"{server}/segment", SAMPLE)[0] == 200
 
 
 def test_image_past_the_size_limit_is_refused_before_decoding(server):
@@ -164,7 +174,7 @@ def test_image_past_the_size_limit_is_refused_before_decoding(server):
     Image.new("L", (8000, 8000)).save(buf, "PNG")  # 64 MP, a few hundred kB on the wire
     status, _, reply = post(f"{server}/segment", buf.getvalue())
     assert status == 413 and "MP limit" in json.loads(reply)["error"]
-    assert post(f"{server}/segment", SAMPLE.read_bytes())[0] == 200
+    assert post(f"{server}/segment", SAMPLE)[0] == 200
 
 
 def test_wrong_method_and_path(server):
@@ -219,7 +229,8 @@ def test_client_reports_unreachable_server(tmp_path):
 
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, ["infer", str(SAMPLE), "-o", str(tmp_path), "--server", f"http://127.0.0.1:{_free_port()}"])
+    (tmp_path / "sample.png").write_bytes(SAMPLE)
+    result = CliRunner().invoke(app, ["infer", str(tmp_path / "sample.png"), "-o", str(tmp_path), "--server", f"http://127.0.0.1:{_free_port()}"])
     assert result.exit_code != 0 and "cannot reach the server" in str(result.exception)
 
 
@@ -236,7 +247,7 @@ def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):
 
 def test_sessions_are_forgotten_after_idle_timeout():
     service = SegmentService(None, session_idle_s=0.2)
-    rgb = cv2.imread(str(SAMPLE))[..., ::-1]
+    rgb = synthetic.sample_portrait(320, 240, seed=7)[0]
     service.segment([Item(rgb, "a")])
     assert "a" in service.sessions and service._prior(Item(rgb, "a")) is not None
     assert service._prior(Item(rgb[:100], "a")) is None  # another frame size: a new stream
@@ -248,7 +259,7 @@ def test_sessions_are_forgotten_after_idle_timeout():
 def test_killed_replica_under_load_is_restarted(server):
     """Runs last: 4 clients keep sending while the replica's process is killed; Serve notices it
     by its health check and starts a new one. Failed requests are counted, not forbidden."""
-    body = SAMPLE.read_bytes()
+    body = SAMPLE
     pid = get(f"{server}/v1/stats")["pid"]
     outcomes: list[tuple[float, bool]] = []
     stop = threading.Event()

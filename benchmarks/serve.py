@@ -228,7 +228,7 @@ def to_markdown(result: dict[str, Any]) -> str:
               "less than wall time on what else the machine runs, but still moves with it (shared caches, memory "
               f"bandwidth): the bare runner's CPU ms/img ranged over {_spread(result)} in this run."]
     if min(result["load_average_start"][0], load_1m) > m["cores"]:
-        lines += ["", f"With more runnable processes than cores, the kernel shares CPU time per process: the server "
+        lines += ["", "With more runnable processes than cores, the kernel shares CPU time per process: the server "
                   "(proxy, replicas, client threads) gets a larger share of the machine than the one-process bare runner, "
                   "so served / bare above 100 % reflects that share, not a real gain. On an idle machine the ratio is the "
                   "serving overhead."]

@@ -124,24 +124,23 @@ class Staged:
     across: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+def _choose(items: str | Sequence[str], allowed: tuple[str, ...], always: str, option: str) -> tuple[str, ...]:
+    """A comma list (or a sequence) -> the chosen entries of `allowed`, in its order, `always` included."""
+    given = [i.strip().lower() for i in (items.split(",") if isinstance(items, str) else items) if i.strip()]
+    unknown = [i for i in given if i not in allowed]
+    if unknown:
+        raise RcrError(f"{option} {', '.join(unknown)}: unknown; use a comma list of {', '.join(allowed)}")
+    return tuple(i for i in allowed if i == always or i in given)
+
+
 def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
     """'fp16,int8' or a sequence -> ordered precisions; fp32 is always included (it is the reference)."""
-    items = precisions.split(",") if isinstance(precisions, str) else list(precisions)
-    items = [p.strip().lower() for p in items if p.strip()]
-    unknown = [p for p in items if p not in PRECISIONS]
-    if unknown:
-        raise RcrError(f"unknown precision {', '.join(unknown)}; use a comma list of {', '.join(PRECISIONS)}")
-    return tuple(p for p in PRECISIONS if p == "fp32" or p in items)
+    return _choose(precisions, PRECISIONS, "fp32", "--precision")
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     """'onnx,openvino' or a sequence -> ordered formats; onnx is always included."""
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    items = [f.strip().lower() for f in items if f.strip()]
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown:
-        raise RcrError(f"--format {', '.join(unknown)}: unknown; use a comma list of {', '.join(FORMATS)}")
-    return tuple(f for f in FORMATS if f == "onnx" or f in items)
+    return _choose(formats, FORMATS, "onnx", "--format")
 
 
 @contextmanager

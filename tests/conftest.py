@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcr_deploy.checkpoint import save_checkpoint
+from rcr_deploy.models import build_model
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 EG1800 = SHARED / "data" / "eg1800"
 
@@ -20,3 +23,12 @@ def eg1800() -> Path:
     if not (EG1800 / "images").is_dir():
         pytest.skip("../shared/data/eg1800 is not beside this checkout")
     return EG1800
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A train-form RCRNet checkpoint with fresh (untrained) weights: what tests that need any
+    valid model run on. Modules that need other weights define their own `ckpt`."""
+    path = tmp_path_factory.mktemp("model") / "ckpt.pt"
+    save_checkpoint(path, build_model("rcrnet"), "rcrnet")
+    return path

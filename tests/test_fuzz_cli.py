@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcr_deploy import video
@@ -122,13 +122,6 @@ def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float 
 
 
 # ------------------------------------------------------------------------------------ corpus
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "ckpt.pt"
-    save_checkpoint(path, build_model("rcrnet"), "rcrnet")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from rcr_deploy import infer, video
-from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.cli import main
 from rcr_deploy.data import synthetic
 from rcr_deploy.errors import DataError, RcrError
@@ -97,13 +96,6 @@ def cli(*args: str, capsys) -> tuple[int, str, str]:
 
 def visible_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "ckpt.pt"
-    save_checkpoint(path, build_model("rcrnet"), "rcrnet")
-    return path
 
 
 @pytest.fixture(scope="module")

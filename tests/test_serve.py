@@ -22,7 +22,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -34,7 +33,7 @@ from rcr_deploy import infer, video  # noqa: E402
 from rcr_deploy.data import synthetic  # noqa: E402
 from rcr_deploy.runtime import load_runner  # noqa: E402
 from rcr_deploy.serve.client import RemoteSegmenter  # noqa: E402
-from rcr_deploy.serve.protocol import BATCH_HEADER, SESSION_HEADER  # noqa: E402
+from rcr_deploy.serve.protocol import BATCH_HEADER  # noqa: E402
 from rcr_deploy.serve.service import Item, SegmentService  # noqa: E402
 
 

@@ -77,7 +77,10 @@ def test_the_plan_fits_the_cosine_to_the_time_limit(data, tmp_path):
 def test_time_limited_run_stops_and_validates_its_last_epoch(data, tmp_path):
     cfg = config(data, tmp_path / "run", epochs=400, schedule="cosine", time_limit_min=0.05, val_every=1000)
     result = Trainer(cfg, progress=False).fit()
-    assert result.stopped == "time_limit" and "val_fg_miou" in result.history[-1]
+    # It stops at the time limit, or earlier at the epoch its plan fitted into it; either way the
+    # last epoch is validated.
+    assert result.stopped in ("time_limit", "epochs") and len(result.history) < 400
+    assert "val_fg_miou" in result.history[-1]
 
 
 def test_init_starts_from_weights_with_a_fresh_optimiser(data, tmp_path):

@@ -445,10 +445,12 @@ class Trainer:
         # Decided once, here, so that the epoch the run stops after is always validated.
         self._time_up = bool(self.cfg.time_limit_min) and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
         last = self.epoch >= self.planned or self._time_up
+        # Recorded before validating: a Ctrl-C during validation saves last.pt with this epoch
+        # done, so its record (without scores) must already be in the history.
+        self.history.append(record)
         if self.val_split and self.main and (self.epoch % self.cfg.val_every == 0 or last):
             record.update(self.validate())
             self.wall = record["wall_s"] = time.perf_counter() - self._t0
-        self.history.append(record)
         if self.main and "val_fg_miou" in record and (self.best is None or record["val_fg_miou"] > self.best["val_fg_miou"]):
             self.best = {k: record[k] for k in ("epoch", "val_fg_miou", "val_class_miou")}
             self._save("best.pt")

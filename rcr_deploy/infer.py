@@ -9,6 +9,10 @@ a moved copy of a ground-truth mask) feeds the model's 4th channel, so frame t's
 needs frame t-1's output: only decoding, letterboxing, compositing and encoding
 can overlap the model. `pipelined=False` runs the same stages in one thread (for comparison,
 see benchmarks/pipeline.py).
+
+Why one file of about 610 lines: the sources, the Segmenter, the sinks and the two frame loops
+share one frame record and one failure contract (nothing written unless finished and checked);
+they change together.
 """
 
 from __future__ import annotations

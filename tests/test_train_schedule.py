@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -203,3 +204,20 @@ def test_anywhere_runs_validate_the_reframed_split_too(data, tmp_path):
     record = result.history[-1]
     assert 0 <= record["val_fg_miou_reframed"] <= 1 and 0 <= record["val_class_miou_reframed"] <= 1
     assert record["val_fg_miou_reframed"] != record["val_fg_miou"]  # a different framing, scored separately
+
+
+def test_a_stop_during_the_optimiser_update_waits_for_it_to_end():
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with trainer_mod._signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the signal is delivered here, and held
+                finished.append(True)
+        assert finished == [True] and signal.getsignal(signal.SIGTERM) is interrupt
+    finally:
+        signal.signal(signal.SIGTERM, before)

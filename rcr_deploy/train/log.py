@@ -63,3 +63,31 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> None:
+    """Validation mIoU (both conventions) and training loss per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_iou, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, history in histories.items():
+        validated = [h for h in history if "val_fg_miou" in h]
+        if validated:
+            epochs = [h["epoch"] for h in validated]
+            line = ax_iou.plot(epochs, [100 * h["val_fg_miou"] for h in validated], "o-", label=f"{label}: fg mIoU")[0]
+            ax_iou.plot(epochs, [100 * h["val_class_miou"] for h in validated], "s--", color=line.get_color(), label=f"{label}: class mIoU")
+        ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], "-", label=label)
+    ax_iou.set(xlabel="epoch", ylabel="validation IoU (%)", title="validation")
+    ax_loss.set(xlabel="epoch", ylabel="L = Lm + αLc + βLe", title="training loss")
+    for ax in (ax_iou, ax_loss):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -10,16 +10,24 @@ planned from the pace measured in the run's first seconds, so the curve ends whe
 
 No checkpoint ever holds non-finite weights: a non-finite loss stops the run, naming the epoch and
 step, before the optimiser applies it, and every save checks the weights first.
+
+Why one file of about 480 lines: the state a resume must restore (model, optimiser, scheduler,
+scaler, RNG, position in the epoch, history, plan) is read and written by the same class that
+changes it; splitting the loop from its state would put that contract in two places.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +41,9 @@ from rcr_deploy.checkpoint import load_checkpoint, save_checkpoint
 from rcr_deploy.data.dataset import PortraitDataset
 from rcr_deploy.data.folder import VAL_EVERY, list_pairs
 from rcr_deploy.errors import CheckpointError, RcrError
-from rcr_deploy.fileio import atomic_path, write_text_atomic
+from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
+from rcr_deploy.train.log import plot_histories
 from rcr_deploy.train.losses import LossWeights, total_loss
 from rcr_deploy.train.schedule import SCHEDULES, RunSampler, lr_factor, plan_epochs, steps_per_epoch
 
@@ -334,10 +343,9 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
-            self._updating = True  # a Ctrl-C from here until the update ends must not be saved
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self._updating = False
+            with _signals_held():
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         except torch.cuda.OutOfMemoryError as e:
             raise TrainError(
                 f"out of GPU memory at batch {self.cfg.batch} (size {self.cfg.size}); lower --batch "
@@ -388,7 +396,6 @@ class Trainer:
             cfg.save(self.out / "config.json")
         self._t0 = time.perf_counter() - self.wall  # wall time counts over resumed sessions
         session = self._session = time.perf_counter()
-        self._updating = False
         stopped = "epochs"
         self.model.train()
         steady: tuple[float, int] | None = None  # (time, epoch) after the session's first epoch
@@ -428,9 +435,8 @@ class Trainer:
                     stopped = "time_limit"
                     break
             bar.close()
-        except KeyboardInterrupt:
-            if not self._updating:  # weights are whole: resume continues from this very step
-                self._save("last.pt")
+        except KeyboardInterrupt:  # never inside an update (`_signals_held`): the weights are whole
+            self._save("last.pt")
             raise
         if self.world > 1:
             dist.barrier()
@@ -464,6 +470,27 @@ class Trainer:
             dist.barrier()
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then stop with KeyboardInterrupt: a stop that
+    lands inside an optimiser update would otherwise find half-updated weights, not worth saving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    stops = [sig for sig in held if before[sig] is not signal.SIG_IGN]
+    if stops:
+        raise KeyboardInterrupt(signal.Signals(stops[0]).name)
+
+
 def _quiet_worker(_: int) -> None:
     # Each worker is one core's worth of augmentation; OpenCV's own threads would oversubscribe.
     import cv2
@@ -484,31 +511,3 @@ def strip_training_state(src: str | os.PathLike, dst: str | os.PathLike, **meta:
     meta extended by `meta`."""
     ckpt = load_checkpoint(src, require_form="train")
     save_checkpoint(dst, ckpt.model, ckpt.arch, meta={**ckpt.meta, **meta})
-
-
-def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> None:
-    """Validation mIoU (both conventions) and training loss per epoch, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_iou, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, history in histories.items():
-        validated = [h for h in history if "val_fg_miou" in h]
-        if validated:
-            epochs = [h["epoch"] for h in validated]
-            line = ax_iou.plot(epochs, [100 * h["val_fg_miou"] for h in validated], "o-", label=f"{label}: fg mIoU")[0]
-            ax_iou.plot(epochs, [100 * h["val_class_miou"] for h in validated], "s--", color=line.get_color(), label=f"{label}: class mIoU")
-        ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], "-", label=label)
-    ax_iou.set(xlabel="epoch", ylabel="validation IoU (%)", title="validation")
-    ax_loss.set(xlabel="epoch", ylabel="L = Lm + αLc + βLe", title="training loss")
-    for ax in (ax_iou, ax_loss):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

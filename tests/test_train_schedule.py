@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -207,17 +206,21 @@ def test_anywhere_runs_validate_the_reframed_split_too(data, tmp_path):
 
 
 def test_a_stop_during_the_optimiser_update_waits_for_it_to_end():
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    finished = []
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with trainer_mod._signals_held():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the signal is delivered here, and held
-                finished.append(True)
-        assert finished == [True] and signal.getsignal(signal.SIGTERM) is interrupt
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    # In a process of its own: a signal sent to the test runner would reach its other threads too.
+    script = """
+import os, signal, time
+from rcr_deploy.train.trainer import _signals_held
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupt)
+finished = []
+try:
+    with _signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the signal is delivered here, and held
+        finished.append(True)
+except KeyboardInterrupt:
+    print("stopped after the block" if finished and signal.getsignal(signal.SIGTERM) is interrupt else "wrong")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "stopped after the block", proc.stderr

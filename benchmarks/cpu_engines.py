@@ -110,6 +110,14 @@ def measure_size(size: int, args: argparse.Namespace, calib: list[Path], val: li
     return result
 
 
+def _load_note(load_1m: float, cores: int) -> str:
+    """What the load before the run says about the figures (the run itself adds its 2 threads)."""
+    if load_1m >= cores:
+        return ("**The machine was busy when the run started (1-minute load at or above the core count), so the times "
+                "are under load**; compare engines as ratios within one size (the rounds are interleaved).")
+    return "No other work was scheduled on the machine for the run; the rounds are interleaved, so compare engines as ratios within one size."
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -119,8 +127,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"- CPU: {m['cpu']}, {m['cores']} usable cores, flags {', '.join(m['cpu_flags'])}; {m['threads']} threads per engine; batch 1.",
         f"- Load average (1, 5, 15 min) before the run: {report['load_before']}, after: {report['load_after']}. "
-        "**The machine was shared with a training job and other work while this ran, so the times are under load**; "
-        "compare engines as ratios within one size (the rounds are interleaved), and rerun the command on an idle machine for absolute figures.",
+        + _load_note(report["load_before"][0], m["cores"]),
         f"- Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
         f"- mIoU: mean per-image foreground IoU (%) on {report['data'] or 'no data (pass --data)'}, validation split"
         + (f", first {report['val_limit']} images" if report["val_limit"] else "")

@@ -224,3 +224,13 @@ except KeyboardInterrupt:
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "stopped after the block", proc.stderr
+
+
+def test_out_that_is_a_file_is_one_line(data, tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rcr_deploy", "train", "--data", str(data), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--out" in proc.stderr and "is a file" in proc.stderr
+    assert (tmp_path / "run").read_text() == "not a folder"

@@ -197,6 +197,8 @@ class Trainer:
         self.main = self.rank == 0
         self.progress = progress and self.main
         self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(f"--out {self.out}: is a file, not a folder; pass a folder for the run's checkpoints")
 
         torch.manual_seed(cfg.seed)
         self.train_pairs = list_pairs(cfg.data, cfg.train_split)

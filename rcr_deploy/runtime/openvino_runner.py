@@ -104,7 +104,7 @@ class OpenVINORunner(Runner):
         self.hint, self.precision = hint, precision
         self.requests = int(self.compiled.get_property(props.optimal_number_of_infer_requests))
         self._request = self.compiled.create_infer_request()
-        self._queue: Any = None
+        self._pool: list[Any] | None = None
         self.name = f"openvino:{self.path.name}"
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -112,20 +112,22 @@ class OpenVINORunner(Runner):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.hint != "throughput" or len(x) < 2 or self.requests < 2:
             return np.array(self._request.infer({0: x})[0], dtype=np.float32, copy=True)
-        # Throughput: one slice of the batch per parallel request (the plugin's streams).
-        from openvino import AsyncInferQueue
-
-        if self._queue is None:
-            self._queue = AsyncInferQueue(self.compiled, self.requests)
-        parts: list[Any] = [None] * min(self.requests, len(x))
-        self._queue.set_callback(lambda request, i: parts.__setitem__(i, np.array(request.get_output_tensor(0).data, copy=True)))
-        for i, chunk in enumerate(np.array_split(x, len(parts))):
-            self._queue.start_async({0: chunk}, i)
-        self._queue.wait_all()
+        # Throughput: one slice of the batch per parallel request (the plugin's streams). Plain
+        # requests waited on in turn, not AsyncInferQueue: its Python callbacks run on the plugin's
+        # threads, and a test run hung in wait_all.
+        if self._pool is None:
+            self._pool = [self.compiled.create_infer_request() for _ in range(self.requests)]
+        chunks = np.array_split(x, min(self.requests, len(x)))
+        for request, chunk in zip(self._pool, chunks):
+            request.start_async({0: chunk})
+        parts = []
+        for request in self._pool[: len(chunks)]:
+            request.wait()
+            parts.append(np.array(request.get_output_tensor(0).data, copy=True))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _release(self) -> None:
-        self._queue = self._request = self.compiled = None
+        self._pool = self._request = self.compiled = None
 
 
 def _last_line(e: Exception) -> str:

@@ -32,7 +32,8 @@ def run_entry(history: list[dict[str, Any]], samples_per_epoch: int, **fields: A
         for h in history
         if "val_fg_miou" in h
     ]
-    return {**fields, "epochs": history[-1]["epoch"] if history else 0, "samples": (history[-1]["epoch"] if history else 0) * samples_per_epoch, "curve": curve}
+    epochs = history[-1]["epoch"] if history else 0
+    return {**fields, "epochs": epochs, "samples": epochs * samples_per_epoch, "curve": curve}
 
 
 def append(path: str | os.PathLike, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,6 +41,16 @@ def append(path: str | os.PathLike, entry: dict[str, Any]) -> list[dict[str, Any
     log = [e for e in read_log(path) if e["name"] != entry["name"]] + [entry]
     write_text_atomic(path, json.dumps(log, indent=1) + "\n")
     return log
+
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    """Write a figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -59,10 +70,7 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
     ax.set_xscale("log")  # runs differ by orders of magnitude in samples
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> None:
@@ -87,7 +95,4 @@ def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.Pa
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from rcr_deploy.data.folder import list_pairs
 from rcr_deploy.errors import VerificationError
 from rcr_deploy.evaluate import evaluate
 from rcr_deploy.reparam import verify_model
@@ -54,9 +55,8 @@ def main() -> None:
         args.out.unlink()
         raise VerificationError(f"{args.out}: re-parameterisation check failed ({failed[0].name}); not shipped")
     history = json.loads((args.run / "history.json").read_text())
-    n_train = 1206 if "eg1800" in str(args.data) else 0
     entry = log.run_entry(
-        history, n_train, name=args.name, hardware=args.hardware, command=args.command,
+        history, len(list_pairs(args.data, "train")), name=args.name, hardware=args.hardware, command=args.command,
         date=datetime.date.today().isoformat(), start_samples=args.start_samples,
         wall_s=shipped.meta.get("wall_s"), best=shipped.meta.get("best"), **scores,
     )  # fmt: skip

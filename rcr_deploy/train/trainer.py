@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -437,8 +438,14 @@ class Trainer:
                     stopped = "time_limit"
                     break
             bar.close()
-        except KeyboardInterrupt:  # never inside an update (`_signals_held`): the weights are whole
+        except KeyboardInterrupt as stop:  # never inside an update (`_signals_held`): the weights are whole
             self._save("last.pt")
+            if self.main:
+                print(
+                    f"stopped ({stop or 'interrupt'}) at epoch {self.epoch + 1} step {self.step_in_epoch}, global step "
+                    f"{self.global_step}: saved {self.out / 'last.pt'}; continue with --resume {self.out / 'last.pt'}",
+                    file=sys.stderr,
+                )  # fmt: skip
             raise
         if self.world > 1:
             dist.barrier()

@@ -120,6 +120,10 @@ def _device(allow_auto: bool = False) -> Callable[[typer.Context, typer.Callback
 
 
 SIZE = _range(32, 4096, 32)  # model input sizes: the network downsamples by 32
+BACKEND_HELP = (
+    "auto (the fastest installed: OpenVINO on the CPU for a checkpoint or export folder, see docs/cpu-engines.md), "
+    "torch, onnxruntime or openvino."
+)
 BATCH = _range(1, 4096)
 COUNT = _range(1, 10**9)  # --limit, --frames, --iters, ...
 THREADS = _range(1, 1024)
@@ -269,17 +273,19 @@ def infer(
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
     device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda).", callback=_device()),
     server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    size: Optional[int] = typer.Option(None, help="Model input size (a multiple of 32); default: the artifact's manifest, else 224.", callback=SIZE),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
-    if server and model is not None:
-        raise RcrError("--model and --server: pass one; a server runs the model it was started with ('rcr-deploy serve MODEL')")
+    if server and (model is not None or size is not None or backend != "auto"):
+        raise RcrError("--server with --model, --size or --backend: a server runs the model it was started with ('rcr-deploy serve MODEL'); drop them")
     out = out or DEFAULT_OUT_DIR / "infer"
     result = run_infer(
         source, model, out, save=save, background=background, feather=feather, prior=prior,
-        max_frames=frames, codec=codec, pipelined=pipeline, device=device, server=server,
+        max_frames=frames, codec=codec, pipelined=pipeline, device=device, server=server, backend=backend, size=size,
     )
     t = result.timings
     table = Table(title="where the time goes")
@@ -313,6 +319,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads per replica; default: the cores shared among the replicas."),
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
     import time
@@ -327,7 +334,7 @@ def serve(
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
             model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
-            threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels,
+            threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels, backend=backend,
         )
         console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
         _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
@@ -506,12 +513,13 @@ def eval_(
     worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images.", callback=_range(0, 10**6)),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
     from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
-    with load_runner(model, device=device, hint="throughput") as runner:
+    with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
         if size is None:
             size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
         report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
@@ -539,13 +547,14 @@ def eval_(
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (its files are overwritten); default rcr-deploy-out/demo."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Train-form checkpoint; default: the built-in model."),
+    size: int = typer.Option(224, help="Input size to export, time and run at (a multiple of 32).", callback=SIZE),
 ) -> None:
     """The main job in one command, offline: export FP32 + INT8, verify, benchmark, segment an image and a clip, report."""
     from rcr_deploy.benchmarks.report import print_table
     from rcr_deploy.demo import run_demo
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
 
-    result = run_demo(out or DEFAULT_OUT_DIR / "demo", ckpt=model, log=console.print)
+    result = run_demo(out or DEFAULT_OUT_DIR / "demo", ckpt=model, log=console.print, size=size)
     print_table(result.bench, console)
     for name, s in result.stability.items():
         console.print(
@@ -563,7 +572,9 @@ def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
-    format: str = typer.Option("onnx", "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written)."),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written); default: both where OpenVINO is installed."
+    ),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile.", callback=COUNT),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
@@ -586,6 +597,7 @@ def export_cmd(
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
+    from rcr_deploy.runtime import openvino_installed
 
     if triton is not None:
         triton_repo.check_target(triton, force)
@@ -594,7 +606,8 @@ def export_cmd(
         ckpt, out or DEFAULT_OUT_DIR, precision, calib, val,
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
-        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)), formats=format,
+        engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
+        formats=format or ("onnx,openvino" if openvino_installed() else "onnx"),
     )
     if triton is not None:
         configs = triton_repo.write_repository(result.out_dir, triton, result.engines, max_batch=max_batch, force=force)

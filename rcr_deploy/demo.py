@@ -26,7 +26,7 @@ from rcr_deploy.data import synthetic
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import MemorySink, Segmenter, infer, run, write_png
 from rcr_deploy.preprocess import load_image
-from rcr_deploy.runtime import load_runner
+from rcr_deploy.runtime import load_runner, openvino_installed
 from rcr_deploy.video import VideoSource, stability, write_video
 
 #: NASA's public-domain portrait of Eileen Collins (assets/ATTRIBUTION.md); no dataset image is shipped.
@@ -63,8 +63,12 @@ def _write_dataset(root: Path, n: int, seed: int, with_masks: bool) -> Path:
     return root
 
 
-def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
-    """Run every step into `out_dir` (overwriting an earlier demo's files) and write `out_dir/README.md`."""
+def run_demo(
+    out_dir: Path, ckpt: Path | None = None, progress: bool = True, log: Callable[[str], None] = print, size: int = 224
+) -> DemoResult:
+    """Run every step into `out_dir` (overwriting an earlier demo's files) and write `out_dir/README.md`.
+    With OpenVINO installed it also exports the IRs, times them, and segments the clip on the
+    fastest engine (`load_runner`'s auto choice); `size` is the exported input size."""
     from rcr_deploy.benchmarks.harness import BenchConfig, run_bench
     from rcr_deploy.benchmarks.plot import plot_speed_accuracy
     from rcr_deploy.benchmarks.report import write_json, write_markdown
@@ -86,12 +90,16 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
         lap("generate data", t0)
         log(f"[1/4] export FP32 + INT8 (INT8 calibrated on {CALIB_IMAGES} generated portraits and the sample photograph)")
         t0 = time.perf_counter()
-        exported = export(ckpt, out_dir / "export", precisions=("fp32", "int8"), calib=calib / "images", force=True, progress=progress)
+        exported = export(
+            ckpt, out_dir / "export", precisions=("fp32", "int8"), calib=calib / "images", force=True, progress=progress,
+            size=size, formats=("onnx", "openvino") if openvino_installed() else ("onnx",),
+        )  # fmt: skip
         lap("verify + export", t0)
 
     log("[2/4] benchmark (short run)")
     t0 = time.perf_counter()
-    config = BenchConfig(backends=BENCH_BACKENDS, out_dir=out_dir / "export", ckpt=ckpt, warmup=2, iters=15, max_seconds=2.0)
+    backends = BENCH_BACKENDS + [f"openvino-{p}" for p in exported.openvino]
+    config = BenchConfig(backends=backends, out_dir=out_dir / "export", ckpt=ckpt, size=size, warmup=2, iters=15, max_seconds=2.0)
     bench = run_bench(config, command="rcr-deploy demo")
     if importlib.util.find_spec("tensorrt") is None:
         bench["skipped"].append({"name": "tensorrt", "reason": "TensorRT is not installed (pip install 'rcr-deploy[tensorrt]' on a Linux GPU machine)"})
@@ -114,7 +122,7 @@ def run_demo(out_dir: Path, ckpt: Path | None = None, progress: bool = True, log
     clip = write_video(out_dir / "clip.mp4", [f for f, _ in frames], fps=CLIP_FPS)
     masks = [m for _, m in frames]
     scores: dict[str, dict[str, float]] = {}
-    with load_runner(exported.artifacts["fp32"]) as runner:
+    with load_runner(out_dir / "export") as runner:  # the FP32 model on the fastest engine installed
         fp32 = Segmenter(runner)
         result = infer(str(clip), runner, out_dir, save="overlay", prior=True, progress=progress)
         for prior in (True, False):

@@ -55,7 +55,9 @@ def _manifest_input(runner: Runner) -> dict[str, Any] | None:
     """The input spec recorded in the artifact's manifest (None for a checkpoint)."""
     if runner.manifest is None:
         path = getattr(runner, "path", None)
-        if path is not None:  # an artifact file without its manifest: its preprocessing is unknown
+        # An artifact file without its manifest: its preprocessing is unknown. A checkpoint (on
+        # OpenVINO; the torch runner has no path) has none: the defaults are its preprocessing.
+        if path is not None and Path(path).suffix != ".pt":
             raise RcrError(
                 f"{path}: no manifest (no {manifest_path(Path(path)).name} beside it, none embedded), so its input "
                 "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"
@@ -78,6 +80,12 @@ class Segmenter:
     def __init__(self, runner: Runner, feather: float = 0.0, size: int | None = None) -> None:
         self.runner = runner
         spec = _manifest_input(runner)
+        fixed = [d for d in ((spec or {}).get("shape") or [])[2:] if isinstance(d, int)]
+        if size is not None and fixed and fixed != [size, size]:
+            raise RcrError(
+                f"--size {size}: {runner.name} was exported for {fixed[0]}x{fixed[-1]} input only; pass --size {fixed[0]}, "
+                f"or re-export it with 'rcr-deploy export --size {size}' (or --dynamic-hw)"
+            )
         if size is None:
             size = int(spec["size"][0]) if spec and "size" in spec else preprocess.INPUT_SIZE
         self.size = size
@@ -566,12 +574,16 @@ def infer(
     progress: bool = True,
     device: str = "cpu",
     server: str | None = None,
+    backend: str = "auto",
+    size: int | None = None,
 ) -> InferResult:
     """Segment INPUT (image, folder, video file or camera index) and write the chosen outputs.
 
     `model` is a Runner, or what `load_runner` takes (None: the built-in model); it is loaded
     only after the input and options have been checked, so a typo fails at once. With `server`
-    (the URL of a running `rcr-deploy serve`), that server segments the frames instead."""
+    (the URL of a running `rcr-deploy serve`), that server segments the frames instead. `size`
+    overrides the manifest's input size where the model allows it (a checkpoint, or an artifact
+    exported with --dynamic-hw)."""
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None
     kind, what = classify_input(source)
@@ -598,10 +610,10 @@ def infer(
     elif isinstance(model, Runner):
         opened = contextlib.nullcontext(model)
     else:
-        opened = load_runner(model, device=device)
+        opened = load_runner(model, device=device, backend=backend)
     output_dir(out_dir)
     with opened as runner:
-        segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather)
+        segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather, size=size)
         written, timings = run(
             frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
             total=total, progress=progress and (kind != "image"), live=kind == "camera",

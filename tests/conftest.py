@@ -18,6 +18,16 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    # Models converted for OpenVINO are cached (runtime/openvino_runner.py): not in the user's
+    # ~/.cache, and shared by every test of the run (CLI subprocesses inherit the variable).
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RCR_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def eg1800() -> Path:
     if not (EG1800 / "images").is_dir():

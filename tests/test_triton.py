@@ -32,7 +32,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("triton")
     out, repo = root / "out", root / "repo"
     cmd = [sys.executable, "-m", "rcr_deploy", "export", "--out", str(out), "--precision", "fp32,fp16",
-           "--size", str(SIZE), "--max-batch", "16", "--triton", str(repo)]
+           "--size", str(SIZE), "--max-batch", "16", "--format", "onnx", "--triton", str(repo)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Triton model repository" in proc.stdout

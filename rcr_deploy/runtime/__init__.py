@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,9 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:
         """NCHW float32 input -> NCHW float32 mask logits (class 1 = person)."""
+
+    def prepare(self) -> None:
+        """Do the slow part of loading now (a first conversion), not in the first `infer`."""
 
     def _release(self) -> None:
         """Drop the backend's resources (sessions, contexts, device buffers)."""
@@ -74,38 +78,77 @@ def onnxruntime_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def load_runner(model: str | os.PathLike | None = None, device: str = "cpu", hint: str = "latency") -> Runner:
+#: `--backend` choices of infer, eval, serve and demo; `auto` is the fastest installed (below).
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def load_runner(
+    model: str | os.PathLike | None = None,
+    device: str = "cpu",
+    hint: str = "latency",
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Runner:
     """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, an OpenVINO IR (`.xml`),
     a TensorRT engine, or an export folder (its FP32 artifact), on `device`. `None` is the
     built-in default checkpoint. `hint` is OpenVINO's performance hint: latency (one image, video)
-    or throughput (folders and batches).
+    or throughput (folders and batches). `threads` bounds OpenVINO's and ONNX Runtime's CPU
+    threads (torch's are process-wide: `torch.set_num_threads`).
 
-    The device is honoured (ONNX on CUDA uses onnxruntime's CUDA provider) or refused in one line."""
+    `backend="auto"` follows the CPU measurements (benchmarks/results/cpu-engines-*.md): on the CPU,
+    a checkpoint or an export folder runs on OpenVINO where it is installed (FP32, about 5x torch
+    eager and 1.1x ONNX Runtime at 224x224 on 2 cores), else on torch or ONNX Runtime; a file runs
+    on the engine its format names. The device is honoured (ONNX on CUDA uses onnxruntime's CUDA
+    provider) or refused in one line."""
     from rcr_deploy.artifact import resolve
     from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
     from rcr_deploy.errors import RcrError
     from rcr_deploy.reparam import reparameterize
     from rcr_deploy.runtime.torch_runner import TorchRunner
 
-    path = default_checkpoint() if model is None else resolve(model)
+    if backend not in BACKENDS:
+        raise RcrError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
     if device != "cpu" and not device.startswith("cuda"):
         raise RcrError(f"--device {device}: unknown device; use cpu or cuda")
+    cpu = device == "cpu"
+    if backend == "openvino" and not cpu:
+        raise RcrError("--backend openvino: OpenVINO runs on the CPU here; pass --device cpu, or --backend onnxruntime on CUDA")
+    ov = backend == "openvino" or (backend == "auto" and cpu and openvino_installed())
+    folder = model is not None and Path(model).is_dir()
+    path = default_checkpoint() if model is None else resolve(model)
+    if folder and ov and path.with_suffix(".xml").is_file():
+        path = path.with_suffix(".xml")  # the folder's FP32 IR, from 'export --format openvino'
+    if backend not in ("auto", _engine_of(path)) and not (backend == "openvino" and path.suffix in (".pt", ".onnx")):
+        raise RcrError(
+            f"--backend {backend}: {path.name} runs on {_engine_of(path)}; pass --backend auto, or export the model "
+            "for that engine ('rcr-deploy export CKPT --format onnx,openvino')"
+        )
     if path.suffix == ".pt":
         ckpt = load_checkpoint(path)
         deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
-        return TorchRunner(deploy, f"torch-deploy:{path.name}", device=device)
-    if path.suffix == ".onnx":
-        from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+        if ov:
+            from rcr_deploy.runtime.openvino_runner import CheckpointOnOpenVINO
 
-        return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device))
-    if path.suffix == ".xml":
-        if device.startswith("cuda"):
+            return CheckpointOnOpenVINO(path, deploy, hint=hint, threads=threads)
+        return TorchRunner(deploy, f"torch-deploy:{path.name}", device=device)
+    if path.suffix == ".xml" or (path.suffix == ".onnx" and backend == "openvino"):
+        if not cpu:
             raise RcrError(f"{path}: OpenVINO IRs run on the CPU here; pass --device cpu, or use the .onnx artifact on CUDA")
         from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
-        return OpenVINORunner(path, hint=hint)
+        return OpenVINORunner(path, hint=hint, threads=threads)
+    if path.suffix == ".onnx":
+        from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device), threads=threads)
     if path.suffix == ".engine":
-        if not device.startswith("cuda"):
+        if cpu:
             raise RcrError(f"{path}: a TensorRT engine runs on a CUDA GPU only; pass --device cuda")
         from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner
 
@@ -113,3 +156,8 @@ def load_runner(model: str | os.PathLike | None = None, device: str = "cpu", hin
     raise RcrError(
         f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, an OpenVINO .xml, a .engine or an export folder"
     )
+
+
+def _engine_of(path: Path) -> str:
+    """The engine a model file's format names."""
+    return {".pt": "torch", ".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt"}.get(path.suffix, "auto")

@@ -6,11 +6,19 @@ The hints are set on purpose, never left to the plugin:
 - inference precision `f32` unless `bf16` is asked for: on CPUs with AVX-512 BF16 or AMX the
   plugin's default is bf16, which silently moves RCRNet's logits by about 0.1.
 `hint=None` / `precision=None` leave the plugin's own defaults, for benchmarks that measure them.
+
+A checkpoint runs on OpenVINO too (`CheckpointOnOpenVINO`): its deploy form is converted once
+and the IR kept in a cache folder keyed by the checkpoint's sha256, because the conversion (a
+TorchScript trace) takes 5-15 s on a laptop CPU while reading the cached IR takes well under one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,9 @@ import numpy as np
 
 from rcr_deploy.artifact import check_manifest
 from rcr_deploy.artifact import read_manifest as read_sidecar
+from rcr_deploy import __version__
 from rcr_deploy.errors import BackendUnavailable, ManifestError, RcrError
+from rcr_deploy.fileio import sha256_file
 from rcr_deploy.runtime import Runner
 
 HINTS = ("latency", "throughput")
@@ -69,7 +79,10 @@ class OpenVINORunner(Runner):
         hint: str | None = "latency",
         precision: str | None = "f32",
         threads: int | None = None,
+        model: Any = None,
     ) -> None:
+        """`path`: an IR or ONNX file; or, with `model` (an `openvino.Model` already in memory), only
+        the name it is reported under."""
         ov = require_openvino()
         import openvino.properties as props
         import openvino.properties.hint as hints
@@ -79,7 +92,8 @@ class OpenVINORunner(Runner):
         if precision is not None and precision not in PRECISION_HINTS:
             raise RcrError(f"OpenVINO precision {precision!r}: unknown; use one of {', '.join(PRECISION_HINTS)}")
         self.path = Path(path)
-        check_ir_files(self.path)
+        if model is None:
+            check_ir_files(self.path)
         core = ov.Core()
         config: dict[Any, Any] = {}
         if hint is not None:
@@ -92,7 +106,8 @@ class OpenVINORunner(Runner):
             # An ONNX file goes through convert_model, as `export --format openvino` does: reading it
             # with read_model skips conversion passes, and on a Q/DQ INT8 graph that was measured to
             # move masks several times further from ONNX Runtime (docs/cpu-engines.md).
-            model = ov.convert_model(str(self.path)) if self.path.suffix == ".onnx" else core.read_model(str(self.path))
+            if model is None:
+                model = ov.convert_model(str(self.path)) if self.path.suffix == ".onnx" else core.read_model(str(self.path))
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # RuntimeError from the core, ovc's Error from convert_model: a truncated .bin, a newer IR, a corrupt file
             raise RcrError(
@@ -130,6 +145,85 @@ class OpenVINORunner(Runner):
         self._pool = self._request = self.compiled = None
 
 
+class CheckpointOnOpenVINO(Runner):
+    """A checkpoint's deploy form on OpenVINO, FP32, through the IR cache. The conversion or the
+    cache read happens in `prepare()` (or the first `infer`), so a command checks its other
+    inputs before paying for it. Like the torch runner it has no manifest: the checkpoint's
+    preprocessing is the default."""
+
+    def __init__(self, path: Path, deploy: Any, hint: str = "latency", threads: int | None = None) -> None:
+        ov = require_openvino()
+        self.path, self.in_channels, self.manifest = path, int(deploy.in_channels), None
+        self.name = f"openvino-fp32:{path.name}"
+        self.xml = cache_dir() / "openvino" / f"{sha256_file(path)[:24]}-ov{ov.__version__.split('-')[0]}-rcr{__version__}" / "model.xml"
+        self._deploy, self._hint, self._threads = deploy, hint, threads
+        self._runner: OpenVINORunner | None = None
+
+    def prepare(self) -> None:
+        self._check_active()
+        if self._runner is not None:
+            return
+        model = None
+        if not self.xml.is_file():
+            print(f"note: converting {self.path.name} to OpenVINO once (cached in {self.xml.parent})", file=sys.stderr)
+            model = _convert(self._deploy)
+            _store(model, self.xml)
+        self._runner = OpenVINORunner(self.xml, hint=self._hint, threads=self._threads, model=model)
+        self._deploy = None  # the torch weights are not needed any more
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.prepare()
+        return self._runner.infer(x)
+
+    def _release(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+        self._runner = self._deploy = None
+
+
 def _last_line(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1][:200] if lines else type(e).__name__
+
+
+def cache_dir() -> Path:
+    """Where derived models are cached: $RCR_DEPLOY_CACHE, else $XDG_CACHE_HOME/rcr-deploy, else
+    ~/.cache/rcr-deploy."""
+    if os.environ.get("RCR_DEPLOY_CACHE"):
+        return Path(os.environ["RCR_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rcr-deploy"
+
+
+def _convert(deploy: Any) -> Any:
+    """The deploy form as an `openvino.Model` with dynamic batch, height and width."""
+    import openvino as ov
+    import torch
+
+    example = torch.zeros(1, deploy.in_channels, 224, 224)
+    try:
+        with torch.no_grad():
+            return ov.convert_model(deploy.eval(), example_input=example, input=[ov.PartialShape([-1, deploy.in_channels, -1, -1])])
+    except Exception as e:  # the converter's own error types vary by version
+        raise RcrError(
+            f"OpenVINO {ov.__version__.split('-')[0]} cannot convert this checkpoint ({_last_line(e)}); "
+            "pass --backend torch, or export it with 'rcr-deploy export --format onnx,openvino'"
+        ) from e
+
+
+def _store(model: Any, xml: Path) -> None:
+    """Save the IR into the cache as a whole (a folder renamed into place) or not at all: a cache
+    that cannot be written only costs the next run its conversion."""
+    import openvino as ov
+
+    try:
+        xml.parent.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=xml.parent.parent))
+        try:
+            ov.save_model(model, str(tmp / xml.name), compress_to_fp16=False)
+            os.replace(tmp, xml.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        if xml.is_file():  # another process cached it first
+            return
+        print(f"note: cannot cache the converted model in {xml.parent} ({e.strerror}); set RCR_DEPLOY_CACHE to a writable folder", file=sys.stderr)

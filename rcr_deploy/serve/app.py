@@ -49,12 +49,12 @@ class Segment:
 
     def __init__(
         self, model: str | None, max_batch: int, batch_wait_s: float, threads: int,
-        session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS,
+        session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS, backend: str = "auto",
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.service = SegmentService(model, session_idle_s)
+        self.service = SegmentService(model, session_idle_s, backend=backend, threads=threads)
         self.max_megapixels = max_megapixels
         self.replica = serve.get_replica_context().replica_tag
         self.run_batch.set_max_batch_size(max_batch)
@@ -120,18 +120,20 @@ def check_port_free(host: str, port: int) -> None:
 def start(
     model: str | os.PathLike | None = None, replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 5.0,
     host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-    session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS,
+    session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS, backend: str = "auto",
 ) -> str:
     """Check the model here, start Ray and Serve, deploy `replicas` replicas; returns the URL.
 
     The model is loaded once in this process first, so a bad path fails with one line before Ray
-    starts. `threads` (default: the cores shared out among the replicas) is torch's per replica."""
+    starts. `threads` (default: the cores shared out among the replicas) is the model's per replica;
+    `backend` as `runtime.load_runner`'s (each replica loads the model on it)."""
     from rcr_deploy.runtime import load_runner
 
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
         raise RcrError("--replicas and --max-batch must be at least 1 and --batch-wait-ms at least 0")
     model_arg = None if model is None else str(Path(model).resolve())  # replicas may run elsewhere
-    load_runner(model_arg).close()
+    with load_runner(model_arg, backend=backend) as runner:
+        runner.prepare()  # a first conversion happens once, here, not in every replica
     check_port_free(host, port)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a local server
     import ray
@@ -143,7 +145,7 @@ def start(
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     app = Segment.options(num_replicas=replicas, max_ongoing_requests=max(32, 2 * max_batch)).bind(
-        model_arg, max_batch, batch_wait_ms / 1000.0, threads, session_idle_s, max_megapixels
+        model_arg, max_batch, batch_wait_ms / 1000.0, threads, session_idle_s, max_megapixels, backend
     )
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

@@ -43,8 +43,10 @@ class Item:
 class SegmentService:
     """A runner, its Segmenter, and the per-stream priors of one replica."""
 
-    def __init__(self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S) -> None:
-        self.runner = load_runner(model)
+    def __init__(
+        self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S, backend: str = "auto", threads: int | None = None
+    ) -> None:
+        self.runner = load_runner(model, backend=backend, threads=threads)
         self.segmenter = Segmenter(self.runner)
         self.manifest = model_manifest(self.runner, self.segmenter)
         self.session_idle_s = session_idle_s

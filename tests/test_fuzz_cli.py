@@ -280,7 +280,7 @@ def test_video_that_stops_decoding_is_reported_and_writes_nothing(tmp_path, ckpt
     frames = [f for f, _ in synthetic.video(12, 48, 64, seed=0)]
     whole = video.write_video(tmp_path / "clip.avi", frames, fps=10, codec="MJPG")
     data = whole.read_bytes()
-    whole.write_bytes(data[: len(data) // 3])
+    whole.write_bytes(data[: len(data) // 2])  # FFmpeg's AVI header takes the first third: cut past it
     out = tmp_path / "out"
     before = with_earlier_outputs(out, "clip_mask.avi", "clip_mask.mp4")
     code, err, _ = cli("infer", str(whole), "-m", str(ckpt), "-o", str(out), "--save", "mask", "--no-pipeline")

@@ -206,21 +206,15 @@ class VideoWriter:
             print(f"note: cannot write codec {codec!r} here; wrote {name} to {self.path.name} instead", file=sys.stderr)
 
     def write(self, rgb: np.ndarray) -> None:
-        try:
+        with self._discarded_on_error():
             self._encoder.write(rgb)
-        except OSError as e:
-            self.discard()
-            raise write_error(self.path, e) from e
         self.frames += 1
 
     def commit(self) -> Path:
         """Finish the file, check that it decodes to every frame written, and only then move it
         onto its final path (an earlier file there stays untouched otherwise)."""
-        try:
+        with self._discarded_on_error():
             self._encoder.close()
-        except OSError as e:
-            self.discard()
-            raise write_error(self.path, e) from e
         decoded = count_frames(self._tmp)
         if decoded != self.frames:
             self.discard()
@@ -234,6 +228,17 @@ class VideoWriter:
             self.discard()
             raise write_error(self.path, e) from e
         return self.path
+
+    @contextlib.contextmanager
+    def _discarded_on_error(self) -> Iterator[None]:
+        """A failed write or finish (a full disk, an unreadable audio track) leaves no partial file."""
+        try:
+            yield
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise write_error(self.path, e) from e
+            raise
 
     def discard(self) -> None:
         """Drop the partial file (on error or interruption)."""

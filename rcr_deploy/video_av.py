@@ -142,8 +142,12 @@ class _Audio:
             with self._reading():
                 packet = self._pending or next(self._packets, None)
             self._pending = None
-            if packet is None or packet.dts is None:  # the end, or the demuxer's empty flush packet
+            if packet is None:
                 break
+            if packet.dts is None:  # the demuxer's empty packet at the end, which flushes a decoder
+                if self._encoder is not None:
+                    self._decode(packet)
+                continue
             if _seconds(packet) - self._start >= seconds:
                 self._pending = packet
                 break
@@ -153,10 +157,7 @@ class _Audio:
                 packet.stream = self._stream
                 self._out.mux(packet)
                 continue
-            with self._reading():
-                frames = packet.decode()
-            for frame in frames:
-                self._queue(frame)
+            self._decode(packet)
         if self._encoder is not None:
             self._encode_until(seconds)
             if last:
@@ -164,12 +165,15 @@ class _Audio:
         if last:
             self.close()
 
-    def _queue(self, frame: av.AudioFrame) -> None:
-        if self._skip is None:
-            lead = round((_seconds(frame) - self._start) * self._rate)
-            self._skip, self._written = max(-lead, 0), max(lead, 0)
-        frame.pts = None  # the FIFO checks pts for gaps; decoders' rounding would trip it
-        self._fifo.write(frame)
+    def _decode(self, packet: av.Packet) -> None:
+        with self._reading():
+            frames = packet.decode()
+        for frame in frames:
+            if self._skip is None:
+                lead = round((_seconds(frame) - self._start) * self._rate)
+                self._skip, self._written = max(-lead, 0), max(lead, 0)
+            frame.pts = None  # the FIFO checks pts for gaps; decoders' rounding would trip it
+            self._fifo.write(frame)
 
     def _encode_until(self, seconds: float) -> None:
         drop = min(self._skip or 0, self._fifo.samples)
@@ -194,7 +198,7 @@ class _Audio:
         self._in.close()
 
 
-def _pts(item: av.Packet) -> int:
+def _pts(item: av.Packet | av.AudioFrame) -> int:
     return item.pts if item.pts is not None else item.dts
 
 

@@ -127,3 +127,14 @@ def test_no_codec_at_all_is_one_error_and_no_file(tmp_path, monkeypatch, request
         video.VideoWriter(tmp_path / "x.mp4", 10, (32, 32), codec="ZZZZ")
     assert visible_files(tmp_path) == []
 
+
+
+def test_unreadable_audio_source_is_one_error_and_keeps_the_earlier_file(tmp_path):
+    earlier = tmp_path / "out" / "talk_overlay.mp4"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"earlier output")
+    notes = tmp_path / "talk.mp4"
+    notes.write_text("not a recording")
+    with pytest.raises(RcrError, match=f"{notes}: PyAV cannot open it"):
+        video.VideoWriter(earlier, FPS, (64, 48), audio_from=notes)
+    assert visible_files(earlier.parent) == ["talk_overlay.mp4"] and earlier.read_bytes() == b"earlier output"

@@ -269,7 +269,7 @@ def infer(
     feather: float = typer.Option(0.0, help="Soften the mask's edge: Gaussian sigma in pixels (0: hard edge).", callback=_range(0, 500)),
     prior: bool = typer.Option(True, "--prior/--no-prior", help="Feed the previous frame's mask to the model (video and camera)."),
     frames: Optional[int] = typer.Option(None, help="Stop after this many frames or images (a camera otherwise runs until Ctrl-C).", callback=COUNT),
-    codec: str = typer.Option("mp4v", help="FourCC of the output video; if OpenCV cannot write it, mp4v/.mp4 then MJPG/.avi are used."),
+    codec: str = typer.Option("h264", help="Video encoder: h264 (plays in browsers) or another FFmpeg encoder (mpeg4, hevc, ...); if it cannot be written, h264 then mpeg4 are used. Without PyAV: an OpenCV FourCC (h264 means mp4v), falling back to mp4v/.mp4, then MJPG/.avi."),
     pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Overlap decoding and encoding with the model (threads)."),
     device: str = typer.Option("cpu", help="cpu or cuda, for any model (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda).", callback=_device()),
     server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),

@@ -437,19 +437,27 @@ class ImageSink:
 
 
 class VideoSink:
-    """One video per mode: OUT/<stem>_<mode>.mp4, appearing only when the clip is complete."""
+    """One video per mode: OUT/<stem>_<mode>.mp4, appearing only when the clip is complete. Each
+    picture of the recording `audio_from` (new background, overlay, before-after) carries its
+    audio track; the mask does not, since it is a matte for an editor, which takes the sound from
+    the recording itself."""
 
-    def __init__(self, out_dir: Path, stem: str, modes: tuple[str, ...], fps: float, codec: str = "mp4v") -> None:
+    def __init__(
+        self, out_dir: Path, stem: str, modes: tuple[str, ...], fps: float, codec: str = "h264",
+        audio_from: Path | None = None,
+    ) -> None:
         if "cutout" in modes:
             raise RcrError("--save cutout: mp4 has no alpha channel; for video use --save mask or --background '#00B140'")
         self.out_dir, self.stem, self.modes, self.fps, self.codec = out_dir, stem, modes, fps, codec
+        self.audio_from = audio_from
         self.writers: dict[str, VideoWriter] = {}
 
     def write(self, frame: Frame) -> None:
         for mode, picture in frame.pictures.items():
             if mode not in self.writers:
                 h, w = picture.shape[:2]
-                writer = VideoWriter(self.out_dir / f"{self.stem}_{mode}.mp4", self.fps, (w, h), self.codec)
+                audio = None if mode == "mask" else self.audio_from
+                writer = VideoWriter(self.out_dir / f"{self.stem}_{mode}.mp4", self.fps, (w, h), self.codec, audio)
                 self.codec = writer.codec  # after a fallback, the other outputs use it without a second note
                 self.writers[mode] = writer
             if picture.ndim == 2:
@@ -569,7 +577,7 @@ def infer(
     feather: float = 0.0,
     prior: bool = True,
     max_frames: int | None = None,
-    codec: str = "mp4v",
+    codec: str = "h264",
     pipelined: bool = True,
     progress: bool = True,
     device: str = "cpu",
@@ -597,7 +605,7 @@ def infer(
         total, use_prior = len(folder.paths) if folder else 1, False  # still images: the prior channel stays zeros
     else:
         video = VideoSource(what)
-        sink = VideoSink(Path(out_dir), video.label, modes, video.fps, codec)
+        sink = VideoSink(Path(out_dir), video.label, modes, video.fps, codec, None if video.live else what)
         frames, total, use_prior = video, video.frame_count, prior
         if max_frames:
             frames = _limit(video, max_frames)

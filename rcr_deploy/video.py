@@ -1,13 +1,16 @@
-"""Video in and out (files and cameras, through OpenCV) and the temporal-stability metric."""
+"""Video in and out (files and cameras through OpenCV; writing through PyAV where it is installed,
+see `rcr_deploy.video_av`) and the temporal-stability metric."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -17,7 +20,7 @@ from rcr_deploy.fileio import output_dir, write_error
 from rcr_deploy.metrics import image_ious
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-#: Codecs tried in order when writing; the first is the user's choice (`--codec`).
+#: OpenCV's codecs tried in order after the user's choice (`--codec`), where PyAV is not installed.
 FALLBACK_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
 _DEFAULT_FPS = 30.0
 #: Camera indices accepted (Linux numbers /dev/video0 to /dev/video255 at most).
@@ -91,47 +94,127 @@ class VideoSource:
             )
 
 
+class Encoder(Protocol):
+    """One video file being encoded, by PyAV (`video_av.AvEncoder`) or OpenCV (`CvEncoder`)."""
+
+    def write(self, rgb: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+    def abandon(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backend:
+    """How one library writes video: `open(tmp, fps, size, codec, audio_from)` gives an `Encoder`,
+    or None where it cannot write `codec` into the container that `tmp`'s extension names."""
+
+    open: Callable[[Path, float, tuple[int, int], str, Path | None], Encoder | None]
+    aliases: dict[str, str]  # a --codec value -> the codec it means to this library
+    fallbacks: tuple[tuple[str, str], ...]  # (codec, extension), tried in order after the asked one
+    fix: str
+
+    def candidates(self, codec: str, suffix: str) -> list[tuple[str, str]]:
+        asked = self.aliases.get(codec.lower(), codec)
+        return [(asked, suffix)] + [c for c in self.fallbacks if c[0] != asked]
+
+
+_opencv_noted = False
+
+
+def _backend() -> _Backend:
+    """PyAV where it is installed, else OpenCV, which is said once per process."""
+    global _opencv_noted
+    try:
+        av = importlib.import_module("rcr_deploy.video_av")
+    except ImportError:
+        if not _opencv_noted:
+            print("note: PyAV is not installed, so videos are written by OpenCV as mp4v without audio, which browsers "
+                  "may not play; pip install av for H.264 with the recording's audio", file=sys.stderr)
+            _opencv_noted = True
+        # opencv-python's FFmpeg has no H.264 encoder, so the default codec means mp4v here.
+        return _Backend(CvEncoder.open, {"h264": "mp4v"}, FALLBACK_CODECS, "install PyAV (pip install av)")
+    return _Backend(av.AvEncoder.open, av.FOURCC_ENCODERS, av.FALLBACK_CODECS, av.FIX)
+
+
+class CvEncoder:
+    """OpenCV's writer of one file (used where PyAV is not installed; it cannot carry audio)."""
+
+    def __init__(self, writer: cv2.VideoWriter) -> None:
+        self._writer = writer
+
+    @classmethod
+    def open(cls, tmp: Path, fps: float, size: tuple[int, int], fourcc: str, audio_from: Path | None) -> CvEncoder | None:
+        if len(fourcc) != 4:
+            return None
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return cls(writer)
+        writer.release()
+        return None
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()
+
+    abandon = close
+
+
 class VideoWriter:
     """An RGB-frame video writer that appears at its final path only when `commit()` is called,
     after the finished file has been decoded back and holds every frame written.
 
-    OpenCV picks the container from the file extension, so the temporary file keeps it (which is
-    why `fileio.atomic_path`, whose temporary ends in `.tmp`, cannot be used here). If the asked
-    codec cannot be written on this machine, the next of `FALLBACK_CODECS` is used, with a note.
-    OpenCV's writer reports no write errors (a full disk included), hence the read-back.
+    With PyAV (`rcr_deploy.video_av`), `codec` names an FFmpeg encoder: `h264` (the default) writes
+    H.264 in yuv420p, which browsers play, and `audio_from` names a recording whose audio track
+    the video carries, cut at its last frame. Without PyAV, OpenCV writes the video without audio,
+    `codec` is a FourCC, and `h264` means `mp4v`. If the asked codec cannot be written on this
+    machine, the backend's fallbacks are tried in order, with a note.
+
+    The container follows the file extension, so the temporary file keeps it (which is why
+    `fileio.atomic_path`, whose temporary ends in `.tmp`, cannot be used here). OpenCV's writer
+    reports no write errors (a full disk included), hence the read-back.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], codec: str = "mp4v") -> None:
+    def __init__(
+        self, path: str | os.PathLike, fps: float, size: tuple[int, int], codec: str = "h264",
+        audio_from: str | os.PathLike | None = None,
+    ) -> None:
         path = Path(path)
         output_dir(path.parent)
         _sweep_partials(path)
         self.frames = 0
-        candidates = [(codec, path.suffix or ".mp4")] + [c for c in FALLBACK_CODECS if c[0] != codec]
-        for fourcc, ext in candidates:
-            if len(fourcc) != 4:
-                continue
+        self._encoder: Encoder | None = None
+        backend = _backend()
+        candidates = backend.candidates(codec, path.suffix or ".mp4")
+        for name, ext in candidates:
             self.path = path.with_suffix(ext)
             self._tmp = path.parent / f".{self.path.stem}.{os.getpid()}.partial{ext}"
-            with _native_stderr_silenced():
-                self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-            if self._writer.isOpened():
+            try:
+                with _native_stderr_silenced():
+                    self._encoder = backend.open(self._tmp, fps, size, name, Path(audio_from) if audio_from else None)
+            except OSError as e:
+                raise write_error(self.path, e) from e
+            finally:
+                if self._encoder is None:
+                    self._tmp.unlink(missing_ok=True)
+            if self._encoder is not None:
                 break
-            self._writer.release()
-            self._tmp.unlink(missing_ok=True)
         else:
-            raise RcrError(f"{path}: OpenCV cannot write video here with {codec!r} or {', '.join(c for c, _ in FALLBACK_CODECS)}; install opencv-python-headless (it bundles FFmpeg)")
-        self.codec = fourcc
-        if fourcc != codec:
-            print(f"note: OpenCV cannot write codec {codec!r} here; wrote {fourcc} to {self.path.name} instead", file=sys.stderr)
+            raise RcrError(f"{path}: cannot write video here with {', '.join(c for c, _ in candidates)}; {backend.fix}")
+        self.codec = name
+        if name != candidates[0][0]:
+            print(f"note: cannot write codec {codec!r} here; wrote {name} to {self.path.name} instead", file=sys.stderr)
 
     def write(self, rgb: np.ndarray) -> None:
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        with self._discarded_on_error():
+            self._encoder.write(rgb)
         self.frames += 1
 
     def commit(self) -> Path:
         """Finish the file, check that it decodes to every frame written, and only then move it
         onto its final path (an earlier file there stays untouched otherwise)."""
-        self._writer.release()
+        with self._discarded_on_error():
+            self._encoder.close()
         decoded = count_frames(self._tmp)
         if decoded != self.frames:
             self.discard()
@@ -146,9 +229,20 @@ class VideoWriter:
             raise write_error(self.path, e) from e
         return self.path
 
+    @contextlib.contextmanager
+    def _discarded_on_error(self) -> Iterator[None]:
+        """A failed write or finish (a full disk, an unreadable audio track) leaves no partial file."""
+        try:
+            yield
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise write_error(self.path, e) from e
+            raise
+
     def discard(self) -> None:
         """Drop the partial file (on error or interruption)."""
-        self._writer.release()
+        self._encoder.abandon()
         self._tmp.unlink(missing_ok=True)
 
 
@@ -176,7 +270,7 @@ def count_frames(path: str | os.PathLike) -> int:
     return n
 
 
-def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 15.0, codec: str = "mp4v") -> Path:
+def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 15.0, codec: str = "h264") -> Path:
     """Write RGB frames (all one size) as a video; returns the path written (its extension may change)."""
     h, w = frames[0].shape[:2]
     writer = VideoWriter(path, fps, (w, h), codec)

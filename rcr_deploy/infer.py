@@ -10,7 +10,7 @@ needs frame t-1's output: only decoding, letterboxing, compositing and encoding
 can overlap the model. `pipelined=False` runs the same stages in one thread (for comparison,
 see benchmarks/pipeline.py).
 
-Why one file of about 610 lines: the sources, the Segmenter, the sinks and the two frame loops
+Why one file of about 640 lines: the sources, the Segmenter, the sinks and the two frame loops
 share one frame record and one failure contract (nothing written unless finished and checked);
 they change together.
 """

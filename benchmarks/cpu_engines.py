@@ -3,9 +3,13 @@
     python -m rcr_deploy.benchmarks.cpu_engines --sizes 160,192,224,256 --threads 2 --data DIR
 
 For every size it exports the model (FP32 + INT8 Q/DQ ONNX, and their OpenVINO IRs, the INT8 one
-by NNCF; each validated), times every engine at batch 1 in interleaved rounds (so load drifting on a shared
-machine hits all alike), scores each on the validation split of DIR (`rcr_deploy.evaluate`), and
-compares each engine's masks and person probabilities with ONNX Runtime FP32 on the same images.
+by NNCF; each validated), times every engine at batch 1 and at batch 8 in interleaved rounds (so
+load drifting on a shared machine hits all alike), scores each on the validation split of DIR
+(`rcr_deploy.evaluate`), and compares each engine's masks and person probabilities with ONNX
+Runtime FP32 on the same images. MediaPipe's selfie segmenter (`peer.py`), where installed, is
+timed in the same batch-1 rounds and scored on the same images. The report opens with a
+headline: the fastest RCRNet engine at each size against MediaPipe, and how far above the
+compute floor (2 x MACs / the measured peak FLOP rate) it runs.
 It writes `cpu-engines-<machine>.{json,md,png}` into --out (default benchmarks/results).
 Without --data, mIoU is left out and --calib must name a folder of images for INT8.
 """
@@ -23,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from rcr_deploy.benchmarks import peer as mediapipe
 from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind
+from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import atomic_path, write_text_atomic
 from rcr_deploy.runtime import Runner
@@ -41,10 +47,13 @@ ENGINES = {
     "ov-int8": "OpenVINO INT8 IR: the FP32 IR quantised by NNCF (shipped)",
     "ov-int8-qdq": "OpenVINO reading the INT8 Q/DQ ONNX directly (same calibration images)",
     "ov-default": "OpenVINO FP32 IR, the plugin's default hints",
+    "mediapipe": mediapipe.DESCRIPTION,
 }
 REFERENCE = "ort-fp32"
 #: Real images for the agreement columns (the mIoU uses the whole validation split).
 AGREEMENT_IMAGES = 16
+#: The larger batch timed besides batch 1 (folders, offline jobs).
+BATCH = 8
 
 
 def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
@@ -77,26 +86,36 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def measure_size(size: int, args: argparse.Namespace, calib: list[Path], val: list[Path], tmp: Path) -> dict[str, Any]:
-    """Export at `size`, then time, score and compare every engine on it."""
+def measure_size(
+    size: int, args: argparse.Namespace, calib: list[Path], val: list[Path], tmp: Path, peer: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Export at `size`, then time, score and compare every engine on it (and time `peer`'s model,
+    {"model": SelfieSegmenter, "fg_miou": ..., "n_images": ...}, in the same batch-1 rounds)."""
     from rcr_deploy.evaluate import evaluate
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.precision import load_batch
 
     folder = tmp / str(size)
     export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats="onnx,openvino", progress=False)
+    from rcr_deploy.benchmarks.cost import count_macs_onnx
+
     runners = load_engines(folder, args.threads)
     x = np.random.default_rng(0).standard_normal((1, 4, size, size), dtype=np.float32)
+    xb = np.repeat(x, BATCH, axis=0)
     calls = {name: timed_on_cpu(lambda r=r: r.infer(x)) for name, r in runners.items()}
-    for call in calls.values():
+    batched = {name: timed_on_cpu(lambda r=r: r.infer(xb)) for name, r in runners.items()}
+    if peer:
+        calls["mediapipe"] = timed_on_cpu(peer["model"].timed_call)
+    for call in [*calls.values(), *batched.values()]:
         for _ in range(args.warmup):
             call()
     stats = time_interleaved(calls, 1, args.iters, args.max_seconds)
+    stats_b = time_interleaved(batched, BATCH, args.iters, args.max_seconds)
     rows: dict[str, Any] = {}
     real = load_batch(val[:AGREEMENT_IMAGES], (size, size), 4) if val else None
     outputs = {name: r.infer(real) for name, r in runners.items()} if real is not None else {}
     for name, runner in runners.items():
-        row: dict[str, Any] = {"engine": name, "what": ENGINES[name], **{k: getattr(stats[name], k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "iterations")}}
+        row: dict[str, Any] = {"engine": name, "what": ENGINES[name], **_latency(stats[name]), f"batch{BATCH}": _latency(stats_b[name])}
         if outputs:
             row["vs_" + REFERENCE] = agreement(outputs[name], outputs[REFERENCE])
         if args.data is not None:
@@ -104,10 +123,17 @@ def measure_size(size: int, args: argparse.Namespace, calib: list[Path], val: li
             row["fg_miou"], row["n_images"] = report.fg_miou * 100, report.n_images
         rows[name] = row
         runner.close()
-    result = {"size": size, "rows": rows}
+    if peer:
+        rows["mediapipe"] = {"engine": "mediapipe", "what": ENGINES["mediapipe"], **_latency(stats["mediapipe"])}
+        rows["mediapipe"].update({k: peer[k] for k in ("fg_miou", "n_images") if peer.get(k) is not None})
+    result = {"size": size, "macs": count_macs_onnx(folder / "rcrnet.onnx").macs, "rows": rows}
     if outputs:  # the same INT8 file on two runtimes
         result["int8_ort_vs_openvino"] = agreement(outputs["ov-int8-qdq"], outputs["ort-int8"])
     return result
+
+
+def _latency(stats: Any) -> dict[str, float]:
+    return {k: getattr(stats, k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "iterations")}
 
 
 def _load_note(load_1m: float, cores: int) -> str:
@@ -116,6 +142,60 @@ def _load_note(load_1m: float, cores: int) -> str:
         return ("**The machine was busy when the run started (1-minute load at or above the core count), so the times "
                 "are under load**; compare engines as ratios within one size (the rounds are interleaved).")
     return "No other work was scheduled on the machine for the run; the rounds are interleaved, so compare engines as ratios within one size."
+
+
+#: Engines the headline may pick: what `export --format openvino` ships and ONNX Runtime, at
+#: their deliberate settings (ov-bf16 and ov-default are there to show what the hints cost).
+SHIPPED = {"fp32": ("ort-fp32", "ov-fp32"), "int8": ("ort-int8", "ov-int8", "ov-int8-qdq")}
+#: mIoU an INT8 path may lose against FP32 and still count (the CPU-engine issue's bound).
+INT8_MIOU_LOSS = 0.5
+
+
+def _fastest(rows: dict[str, Any], names: tuple[str, ...], key: str = "p50_ms", batch: bool = False) -> str:
+    def latency(name: str) -> float:
+        return rows[name][f"batch{BATCH}"][key] if batch else rows[name][key]
+
+    return min((n for n in names if n in rows), key=latency)
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    """Per size: the fastest RCRNet engine (INT8 counts where it keeps mIoU within
+    INT8_MIOU_LOSS of FP32), its distance to the compute floor, and MediaPipe in the same rounds."""
+    lines = [
+        "## Headline",
+        "",
+        f"| size | fastest RCRNet engine | p50 ms | mIoU | × floor | MediaPipe p50 ms (mIoU {_peer_miou(report)}) | RCRNet / MediaPipe p50 "
+        f"| best INT8 vs best FP32, batch 1 | batch {BATCH} |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in report["sizes"]:
+        rows = s["rows"]
+        fp32 = rows[REFERENCE].get("fg_miou")
+        int8 = tuple(n for n in SHIPPED["int8"] if fp32 is None or rows[n].get("fg_miou", -1.0) >= fp32 - INT8_MIOU_LOSS)
+        best = _fastest(rows, SHIPPED["fp32"] + int8)
+        f1, i1 = _fastest(rows, SHIPPED["fp32"]), _fastest(rows, SHIPPED["int8"])
+        f8, i8 = _fastest(rows, SHIPPED["fp32"], batch=True), _fastest(rows, SHIPPED["int8"], batch=True)
+        floor_ms = 2 * s["macs"] / (report["peak_gflops"] * 1e9) * 1e3
+        ms, miou, peer = rows[best]["p50_ms"], rows[best].get("fg_miou"), rows.get("mediapipe")
+        vs_peer = f"{peer['p50_ms']:.2f} | {ms / peer['p50_ms']:.2f}" if peer else "– | –"
+        lines.append(
+            f"| {s['size']} | {best} | {ms:.2f} | {'–' if miou is None else format(miou, '.2f')} | {ms / floor_ms:.1f} | {vs_peer} "
+            f"| {rows[f1]['p50_ms'] / rows[i1]['p50_ms']:.2f} ({i1} vs {f1}) "
+            f"| {rows[f8][f'batch{BATCH}']['p50_ms'] / rows[i8][f'batch{BATCH}']['p50_ms']:.2f} ({i8} vs {f8}) |"
+        )
+    lines += [
+        "",
+        f"RCRNet / MediaPipe below 1 means RCRNet is faster. INT8 engines count for the fastest only where they keep mIoU "
+        f"within {INT8_MIOU_LOSS} points of {REFERENCE}. MediaPipe runs at its fixed 256x256 whatever the row's size; its time "
+        "differs between rows only by the run's noise.",
+        "",
+    ]
+    return lines
+
+
+def _peer_miou(report: dict[str, Any]) -> str:
+    rows = [s["rows"]["mediapipe"] for s in report["sizes"] if "mediapipe" in s["rows"]]
+    return f"{rows[0]['fg_miou']:.2f}" if rows and "fg_miou" in rows[0] else "–"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -129,24 +209,30 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- Load average (1, 5, 15 min) before the run: {report['load_before']}, after: {report['load_after']}. "
         + _load_note(report["load_before"][0], m["cores"]),
         f"- Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
+        f"- Peak FP32 rate (best {report['machine']['threads']}-thread torch matmul, this run): {report['peak_gflops']:.0f} GFLOP/s; "
+        "compute floor = 2 x MACs / that rate.",
+        f"- MediaPipe: {report['peer_note']}",
         f"- mIoU: mean per-image foreground IoU (%) on {report['data'] or 'no data (pass --data)'}, validation split"
         + (f", first {report['val_limit']} images" if report["val_limit"] else "")
         + f". Agreement: against {REFERENCE} on {AGREEMENT_IMAGES} validation images.",
         "",
+        *headline(report),
     ]
     for s in report["sizes"]:
         ref = s["rows"][REFERENCE]["p50_ms"]
         lines += [
             f"## {s['size']}x{s['size']}",
             "",
-            f"| engine | p50 ms | p90 ms | p99 ms | × vs {REFERENCE} | mIoU | same class vs {REFERENCE} | max Δ person prob |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| engine | p50 ms | p90 ms | p99 ms | × vs {REFERENCE} | batch {BATCH} p50 ms | img/s | mIoU | same class vs {REFERENCE} | max Δ person prob |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, r in s["rows"].items():
             agree = r.get("vs_" + REFERENCE)
             miou = f"{r['fg_miou']:.2f}" if "fg_miou" in r else "–"
+            b = r.get(f"batch{BATCH}")
+            batched = f"{b['p50_ms']:.2f} | {1000 * BATCH / b['p50_ms']:.0f}" if b else "– | –"
             lines.append(
-                f"| {name}: {r['what']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ref / r['p50_ms']:.2f} | {miou} | "
+                f"| {name}: {r['what']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ref / r['p50_ms']:.2f} | {batched} | {miou} | "
                 + (f"{agree['mask_agreement']:.4%} | {agree['max_prob_diff']:.3f} |" if agree else "– | – |")
             )
         if "int8_ort_vs_openvino" in s:
@@ -171,13 +257,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
         points = [p for p in points if p[1] is not None]
         if not points:
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        if name == "mediapipe":  # one model size: its points differ only by the run's noise
+            points = [(float(np.median([p[0] for p in points])), points[0][1], mediapipe.SIZE)]
+            ax.plot([points[0][0]], [points[0][1]], marker="*", markersize=14, linestyle="none", color="black", label="MediaPipe (peer)")
+        else:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
         for latency, miou, size in points:
             ax.annotate(str(size), (latency, miou), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.set_xlabel(f"p50 latency at batch 1 (ms, log scale), {report['machine']['threads']} threads, machine under load")
+    ax.set_xlabel(f"p50 latency at batch 1 (ms, log scale), {report['machine']['threads']} threads" + (", machine under load" if report["load_before"][0] >= report["machine"]["cores"] else ""))
     ax.set_ylabel("foreground mIoU (%), validation split")
     ax.set_title(f"RCRNet speed vs accuracy by input size on {report['machine']['cpu']}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
@@ -186,6 +276,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _load_peer(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+    """MediaPipe's model and its mIoU, or None and why not (it is optional)."""
+    if not args.peer:
+        return None, "left out (--no-peer)."
+    try:
+        model = mediapipe.SelfieSegmenter(threads=args.threads)
+    except RcrError as e:
+        print(f"note: {e}", file=sys.stderr)
+        return None, f"not timed: {e}"
+    peer: dict[str, Any] = {"model": model}
+    if args.data is not None:
+        peer["fg_miou"], peer["n_images"] = mediapipe.fg_miou(model, args.data, "val", args.val_limit)
+    return peer, f"`{model.path.name}` from the mediapipe wheel, {model.path.stat().st_size:,} bytes, on LiteRT with {args.threads} threads."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", dest="calib_dir", type=Path, default=None, help="calibration images (default: the train split of --data)")
     parser.add_argument("--calib-count", type=int, default=32)
     parser.add_argument("--val-limit", type=int, default=None, help="score only the first N validation images")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time MediaPipe's selfie segmenter too, where installed")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
@@ -224,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import openvino
 
+    peer, peer_note = _load_peer(args)
     load_before = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="rcr-cpu-engines-") as tmp:
         if args.calib_dir is None:  # the export reads a folder: link the chosen train images into one
@@ -231,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             args.calib_dir.mkdir()
             for p in calib:
                 (args.calib_dir / p.name).symlink_to(p.resolve())
-        results = [measure_size(size, args, calib, val, Path(tmp)) for size in tqdm(sizes, desc="sizes", unit="size")]
+        results = [measure_size(size, args, calib, val, Path(tmp), peer) for size in tqdm(sizes, desc="sizes", unit="size")]
     info = machine_info(args.threads)
+    torch.set_num_threads(args.threads)
+    peak = peak_flops("cpu")
     versions = {**info["versions"], "openvino": openvino.__version__.split("-")[0]}
     try:
         import nncf
@@ -251,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data) if args.data else None,
         "val_limit": args.val_limit,
         "engines": ENGINES,
+        "peak_gflops": peak / 1e9,
+        "peer_note": peer_note,
         "sizes": results,
     }
     stem = args.out / f"cpu-engines-{report['machine_kind']}"

@@ -29,7 +29,7 @@ DATA_TERMS = "EG1800 (academic research use only; these weights inherit that)"
 
 
 def _score(checkpoint: Path, data: Path, reframe: bool) -> dict[str, float]:
-    report = evaluate(load_runner(checkpoint), data, split="val", reframe=reframe)
+    report = evaluate(load_runner(checkpoint, backend="torch"), data, split="val", reframe=reframe)  # the reference forward pass
     return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "images": report.n_images}
 
 

@@ -619,9 +619,9 @@ def infer(
         opened = contextlib.nullcontext(model)
     else:
         opened = load_runner(model, device=device, backend=backend)
-    output_dir(out_dir)
     with opened as runner:
         segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather, size=size)
+        output_dir(out_dir)  # after every check, so a refused run leaves no folder behind
         written, timings = run(
             frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,
             total=total, progress=progress and (kind != "image"), live=kind == "camera",

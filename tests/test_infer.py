@@ -405,6 +405,20 @@ def test_onnx_artifact_runs_at_the_manifest_size(tmp_path, artifact, capsys):
     assert infer.Segmenter(load_runner(artifact)).size == 96
 
 
+def test_size_runs_a_checkpoint_at_another_size_and_is_refused_for_a_fixed_shape_artifact(tmp_path, artifact, ckpt, capsys):
+    rgb, _ = synthetic.sample_portrait(60, 40, seed=2)
+    image = save_rgb(tmp_path / "me.png", rgb)
+    from rcr_deploy.runtime import load_runner
+
+    assert infer.Segmenter(load_runner(ckpt, backend="torch"), size=64).size == 64
+    code, _, err = cli("infer", str(image), "-m", str(ckpt), "-o", str(tmp_path / "ok"), "--size", "64", "--backend", "torch", capsys=capsys)
+    assert code == 0, err
+    for args, option in [(["-m", str(artifact), "--size", "128"], "--size 128"), (["--size", "100"], "--size"), (["--server", "http://127.0.0.1:1", "--size", "64"], "--server")]:
+        code, _, err = cli("infer", str(image), "-o", str(tmp_path / "bad"), *args, capsys=capsys)
+        assert code == 2 and err.startswith("error: ") and option in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_lost_sidecar_falls_back_to_the_embedded_manifest(tmp_path, artifact):
     from rcr_deploy.runtime import load_runner
 

@@ -131,6 +131,37 @@ def test_runner_sets_its_hints_and_throughput_splits_the_batch_without_changing_
         OpenVINORunner(_xml(exported, "fp32"), hint="fast")
 
 
+def test_latency_runner_fixes_each_input_shape_and_keeps_few(exported):
+    from rcr_deploy.runtime.openvino_runner import MAX_STATIC_SHAPES
+
+    x = _real(exported)
+    latency = OpenVINORunner(_xml(exported, "fp32"), hint="latency", threads=2)
+    dynamic = OpenVINORunner(_xml(exported, "fp32"), hint=None, precision="f32", threads=2)
+    for batch in range(1, MAX_STATIC_SHAPES + 2):
+        np.testing.assert_allclose(latency.infer(x[:batch]), dynamic.infer(x[:batch]), rtol=1e-4, atol=1e-4)
+    assert len(latency._static) == MAX_STATIC_SHAPES
+    assert all(r.get_compiled_model().input(0).get_partial_shape().is_static for r in latency._static.values())
+
+
+def test_checkpoint_runs_on_openvino_by_default_through_the_cache(exported, tmp_path, monkeypatch, capfd):
+    from rcr_deploy.runtime.openvino_runner import CheckpointOnOpenVINO
+
+    monkeypatch.setenv("RCR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    ckpt, x = exported["root"] / "ckpt.pt", _real(exported)
+    reference = load_runner(ckpt, backend="torch").infer(x)
+    first = load_runner(ckpt)
+    assert isinstance(first, CheckpointOnOpenVINO) and first.name == "openvino-fp32:ckpt.pt"
+    assert not list((tmp_path / "cache").rglob("*.xml"))  # nothing converted before it is needed
+    np.testing.assert_allclose(first.infer(x), reference, rtol=1e-4, atol=1e-4)
+    assert "converting ckpt.pt to OpenVINO once" in capfd.readouterr().err
+    (cached,) = (tmp_path / "cache").rglob("model.xml")
+    second = load_runner(ckpt)
+    np.testing.assert_allclose(second.infer(x), reference, rtol=1e-4, atol=1e-4)
+    assert "converting" not in capfd.readouterr().err and second.xml == cached
+    with pytest.raises(RcrError, match="--backend onnxruntime: ckpt.pt runs on torch"):
+        load_runner(ckpt, backend="onnxruntime")
+
+
 # ------------------------------------------------------------------------------ INT8 placement
 
 

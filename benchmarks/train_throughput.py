@@ -1,10 +1,12 @@
 """Training throughput, split in two: what the loader supplies and what the device consumes.
 
     python -m rcr_deploy.benchmarks.train_throughput --data DIR --device cuda --workers 14 --out FILE.json
+    python -m rcr_deploy.benchmarks.train_throughput --data DIR --device cpu --modes bf16-cl --compile --sizes 160,224 --out FILE.json
 
 * loader: augmented samples/s from the real loader (cached images, W workers), no training;
 * step: samples/s of the real training step (`Trainer._step`) on one batch already in memory,
-  for each autocast mode × memory format (and torch.compile with --compile), no loader.
+  for each autocast mode × memory format (`--modes`; and torch.compile with --compile) at each
+  of `--sizes` (what progressive resizing buys per sample), no loader.
 
 The smaller of the two bounds a run: a loader slower than the step starves the device. Each
 figure is the median of timed windows after warm-up steps; the JSON records machine and versions.
@@ -25,6 +27,10 @@ from typing import Any
 import torch
 
 from rcr_deploy.train.trainer import TrainConfig, Trainer
+
+
+#: Step modes: name -> (autocast, channels_last).
+MODES = {"off": ("off", False), "off-cl": ("off", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True)}
 
 
 def _sync(device: torch.device) -> None:
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--sizes", default="224", help="comma list of training sizes (the loader is timed at the first)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of step modes: {', '.join(MODES)}")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--threads", type=int, default=0)
@@ -85,20 +92,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args(argv)
 
-    base = dict(data=args.data, size=args.size, batch=args.batch, device=args.device, threads=args.threads, val_split="")
+    sizes = [int(v) for v in args.sizes.split(",")]
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        ap.error(f"--modes: unknown {', '.join(sorted(unknown))}; use {', '.join(MODES)}")
+    base = dict(data=args.data, batch=args.batch, device=args.device, threads=args.threads, val_split="")
     steps = []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(TrainConfig(**base, out=tmp, workers=args.workers, cache=True), progress=False)
+        trainer = Trainer(TrainConfig(**base, size=sizes[0], out=tmp, workers=args.workers, cache=True), progress=False)
         loader = loader_rate(trainer, args.seconds)
-        batch = next(iter(trainer._loader()))
-        for amp in ("off", "bf16"):
-            for channels_last in (False, True):
+        for size in sizes:
+            sized = Trainer(TrainConfig(**base, size=size, out=tmp, workers=0, cache=True), progress=False)
+            batch = next(iter(sized._loader()))
+            for mode in modes:
+                amp, channels_last = MODES[mode]
                 for compiled in (False, True) if args.compile else (False,):
-                    t = Trainer(TrainConfig(**base, out=tmp, workers=0, amp=amp, channels_last=channels_last), progress=False)
+                    t = Trainer(TrainConfig(**base, size=size, out=tmp, workers=0, amp=amp, channels_last=channels_last), progress=False)
                     if compiled:
                         t.ddp = torch.compile(t.model)
                     rate = step_rate(t, batch, args.seconds)
-                    steps.append({"amp": amp, "channels_last": channels_last, "compile": compiled, "samples_per_s": round(rate, 1)})
+                    steps.append({"size": size, "amp": amp, "channels_last": channels_last, "compile": compiled, "samples_per_s": round(rate, 1)})
                     print(json.dumps(steps[-1]), flush=True)
         if args.profile:
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "size": args.size,
+        "sizes": sizes,
         "batch": args.batch,
         "loader": {"workers": args.workers, "cache": True, "samples_per_s": round(loader, 1)},
         "step": steps,

@@ -444,13 +444,36 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the report as JSON (schema: benchmarks/schema.json)."),
     md_out: Optional[Path] = typer.Option(None, "--md", help="Write the report as markdown."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write the speed-accuracy chart (PNG)."),
+    sizes: Optional[str] = typer.Option(
+        None, help="Comma list of input sizes, e.g. 128,160,192,224: export the model at each, time every CPU engine "
+        "(and MediaPipe, where installed), score each on --data's validation split, draw the Pareto plot "
+        "(into rcr-deploy-out/bench-sizes/).", callback=SIZE,
+    ),
+    data: Optional[Path] = typer.Option(None, help="With --sizes: labelled folder for mIoU (validation split) and INT8 calibration (train split)."),
 ) -> None:
     """Latency, throughput, size, cost and memory of every backend, in one table (ratios vs the train form)."""
     import os
     import shlex
 
-    from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
+
+    if sizes is not None:
+        from rcr_deploy.benchmarks import cpu_engines
+
+        if artifacts or backend or engine or batch != "1":
+            raise RcrError("--sizes times the built-in or --ckpt model's CPU engines at each size; drop ARTIFACT, --backend, --engine and --batch")
+        if data is None:
+            raise RcrError("--sizes needs --data DIR (a labelled folder: mIoU on its validation split, INT8 calibration from its train split)")
+        argv = ["--sizes", sizes, "--data", str(data), "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_seconds)]
+        argv += ["--threads", str(threads or len(os.sched_getaffinity(0))), "--out", str(DEFAULT_OUT_DIR / "bench-sizes")]
+        argv += ["--ckpt", str(ckpt)] if ckpt else []
+        if cpu_engines.main(argv):
+            raise typer.Exit(2)
+        return
+    if data is not None:
+        raise RcrError("--data is for --sizes; a plain bench reads accuracy from the artifacts' manifests ('export --val DIR')")
+
+    from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
     from rcr_deploy.benchmarks.report import print_table, write_json, write_markdown
 
     if device == "auto":

@@ -58,3 +58,25 @@ def test_missing_mediapipe_is_one_line_naming_the_install():
         assert "pip install --no-deps 'mediapipe==0.10.21'" in str(e) and "\n" not in str(e)
     else:
         pytest.skip("mediapipe's model file is installed here")
+
+
+def test_bench_sizes_exports_times_and_scores_each_size(tmp_path, ckpt):
+    import json
+    import subprocess
+    import sys
+
+    from test_data import write_dataset
+
+    data = write_dataset(tmp_path / "data", n=12, h=64, w=48)
+    cmd = [sys.executable, "-m", "rcr_deploy", "bench", "--sizes", "64,96", "--data", str(data), "--ckpt", str(ckpt),
+           "--iters", "2", "--warmup", "0", "--max-seconds", "0.2", "--threads", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (report,) = (tmp_path / "rcr-deploy-out" / "bench-sizes").glob("cpu-engines-*.json")
+    sizes = json.loads(report.read_text())["sizes"]
+    assert [s["size"] for s in sizes] == [64, 96]
+    for s in sizes:
+        for name in ("ort-fp32", "ov-fp32", "ov-int8"):
+            assert s["rows"][name]["p50_ms"] > 0 and 0 <= s["rows"][name]["fg_miou"] <= 100
+            assert s["rows"][name]["batch8"]["p50_ms"] > 0
+    assert report.with_suffix(".png").stat().st_size > 0 and "## Headline" in report.with_suffix(".md").read_text()

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from rcr_deploy.benchmarks import peer as mediapipe
-from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
+from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import atomic_path, write_text_atomic

@@ -6,9 +6,9 @@ peak FLOP rate once, for the roofline. The train-form torch model on the same de
 measured too: it is the baseline every ratio column is taken against, because absolute times on
 shared machines drift.
 
-Why one file of about 590 lines: planning (which targets, from which artifacts) and timing share
-`BenchConfig`, `Target` and `Runner`'s lifecycle; the natural split (planning vs timing) is left
-until the OpenVINO and Triton targets being added land, so their changes merge in one place.
+How a single call is timed lives in `timing.py`. Why this file is still about 550 lines: planning
+(which targets, from which artifacts) and running them share `BenchConfig`, `Target` and
+`Runner`'s lifecycle, and each backend's target is a few lines of that planning.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_params
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
+from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
 from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.runtime import Runner, onnxruntime_providers
@@ -416,77 +417,6 @@ def check_engine_batch(runner: Runner, batch: int) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------ timing
-
-
-def timed_on_cpu(fn: Callable[[], Any]) -> Callable[[], int]:
-    """`fn` as a call returning its wall time in nanoseconds (perf_counter_ns)."""
-
-    def timed() -> int:
-        start = time.perf_counter_ns()
-        fn()
-        return time.perf_counter_ns() - start
-
-    return timed
-
-
-def _timed_on_gpu(fn: Callable[[], Any]) -> Callable[[], int]:
-    """`fn` (work queued on torch's current CUDA stream) timed with CUDA events, in nanoseconds."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def timed() -> int:
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return int(start.elapsed_time(end) * 1e6)
-
-    return timed
-
-
-def _timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) -> Callable[[], int]:
-    """The timed call of one runner on one batch. Torch and TensorRT on a GPU run on device-resident
-    tensors, timed with CUDA events (torch optionally as a CUDA-graph replay); everything else
-    goes through `Runner.infer` (host arrays in and out), timed with perf_counter_ns."""
-    from rcr_deploy.runtime.torch_runner import TorchRunner
-
-    if not device.startswith("cuda") or not hasattr(runner, "infer_torch"):
-        # CPU, and onnxruntime's CUDA provider: synchronous host calls
-        return timed_on_cpu(lambda: runner.infer(x))
-    static_x = torch.from_numpy(x).to(device)
-    fn = runner.infer_torch  # TensorRT and torch: device tensors in and out
-    if not cuda_graphs or not isinstance(runner, TorchRunner):
-        return _timed_on_gpu(lambda: fn(static_x))
-    with torch.inference_mode():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm up allocations on a side stream before capture
-                fn(static_x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn(static_x)
-    return _timed_on_gpu(graph.replay)
-
-
-def time_interleaved(calls: dict[str, Callable[[], int]], batch: int, iters: int, max_seconds: float, chunk: int = 5) -> dict[str, LatencyStats]:
-    """Time each call (each returns its own time in ns) `iters` times, taking turns `chunk` calls
-    at a time, so load that drifts on a shared machine hits every target alike and the ratios
-    between them stay fair. Stops early after about `max_seconds` per target, at least one turn each."""
-    samples: dict[str, list[int]] = {name: [] for name in calls}
-    deadline = time.perf_counter() + max_seconds * len(calls)
-    with tqdm(total=iters * len(calls), desc=f"timing batch {batch}", unit="call", leave=False) as bar:
-        while any(len(s) < iters for s in samples.values()):
-            for name, timed in calls.items():
-                n = min(chunk, iters - len(samples[name]))
-                samples[name] += [timed() for _ in range(n)]
-                bar.update(n)
-            if time.perf_counter() > deadline:
-                break
-    return {name: LatencyStats.from_ns(s, batch) for name, s in samples.items()}
-
-
 # ------------------------------------------------------------------------------------- a run
 
 
@@ -512,7 +442,7 @@ def _load(target: Target, config: BenchConfig, inputs: dict[int, np.ndarray], ru
         calls = {}
         for batch, x in inputs.items():
             check_engine_batch(runner, batch)
-            calls[batch] = _timed_call(runner, x, config.device, config.cuda_graphs)
+            calls[batch] = timed_call(runner, x, config.device, config.cuda_graphs)
             for _ in range(config.warmup):
                 calls[batch]()
     return _Loaded(target, runner, calls, load_s, mem["peak_bytes"])

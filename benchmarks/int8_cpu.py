@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from rcr_deploy.benchmarks.harness import time_interleaved, timed_on_cpu
+from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR
 

@@ -41,7 +41,7 @@ def test_rejects_empty_samples_and_bad_batch(samples, batch):
 
 
 def test_targets_take_turns_in_chunks_until_each_has_its_iterations():
-    from rcr_deploy.benchmarks.harness import time_interleaved
+    from rcr_deploy.benchmarks.timing import time_interleaved
 
     order = []
 
@@ -61,7 +61,7 @@ def test_targets_take_turns_in_chunks_until_each_has_its_iterations():
 
 
 def test_time_budget_stops_after_one_turn_each():
-    from rcr_deploy.benchmarks.harness import time_interleaved
+    from rcr_deploy.benchmarks.timing import time_interleaved
 
     stats = time_interleaved({"slow": lambda: 1_000_000}, batch=1, iters=1000, max_seconds=1e-9, chunk=4)
     assert stats["slow"].iterations == 4

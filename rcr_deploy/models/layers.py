@@ -165,3 +165,23 @@ class SegHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cls(self.conv(x))
+
+
+class SkipDecoder(nn.Module):
+    """A decoder of four up stages, each fed the stage before plus the encoder's skip of its
+    resolution (added), and a final stage to full resolution. Subclasses build `up` (four
+    modules) and `final`; the forward path is shared because both decoders join skips the same way."""
+
+    up: nn.ModuleList
+    final: nn.Module
+
+    def to_half(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        f4, f8, f16, f32 = feats
+        x = self.up[0](f32)
+        x = self.up[1](x + f16)
+        x = self.up[2](x + f8)
+        return self.up[3](x + f4)
+
+    def to_full(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final(x)
+

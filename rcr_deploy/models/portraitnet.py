@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rcr_deploy.models.layers import ConvBN, bilinear_deconv
+from rcr_deploy.models.layers import ConvBN, SkipDecoder, bilinear_deconv
 
 # MobileNetV2, expansion 6: (out channels, repeats, first stride) after the 32-channel stem.
 _MOBILENET_V2 = [(16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)]
@@ -77,7 +77,7 @@ class DBlock(nn.Module):
         return self.act(self.block(x) + self.shortcut(x))
 
 
-class PortraitNetDecoder(nn.Module):
+class PortraitNetDecoder(SkipDecoder):
     """D-block + x2 deconv per level; skips added at 1/16, 1/8 and 1/4.
 
     Takes the encoder features [1/4, 1/8, 1/16, 1/32] and returns features at 1/2 and the
@@ -94,16 +94,6 @@ class PortraitNetDecoder(nn.Module):
         )
         self.final = nn.Sequential(DBlock(half, out), bilinear_deconv(out, depthwise=False))
         self.half_width, self.out_width = half, out
-
-    def to_half(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        f4, f8, f16, f32 = feats
-        x = self.up[0](f32)
-        x = self.up[1](x + f16)
-        x = self.up[2](x + f8)
-        return self.up[3](x + f4)
-
-    def to_full(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final(x)
 
 
 class PortraitNet(nn.Module):

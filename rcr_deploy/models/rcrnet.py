@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcr_deploy.models.layers import ConvBN, FeatureFusion, RCRModule, SegHead, StageA, StageB
+from rcr_deploy.models.layers import ConvBN, FeatureFusion, RCRModule, SegHead, SkipDecoder, StageA, StageB
 from rcr_deploy.models.portraitnet import PortraitNetDecoder
 
 
@@ -38,7 +38,7 @@ class RCREncoder(nn.Module):
         return stem, feats
 
 
-class RCRDecoder(nn.Module):
+class RCRDecoder(SkipDecoder):
     """B-type up stages; same interface as `PortraitNetDecoder`."""
 
     def __init__(self, skip_widths: tuple[int, int, int, int], widths: tuple[int, int], mids: tuple[int, ...]) -> None:
@@ -49,16 +49,6 @@ class RCRDecoder(nn.Module):
         self.up = nn.ModuleList(StageB(cin, mid, cout, up=True) for (cin, cout), mid in zip(pairs, mids))
         self.final = StageB(half, mids[4], out, up=True)
         self.half_width, self.out_width = half, out
-
-    def to_half(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        f4, f8, f16, f32 = feats
-        x = self.up[0](f32)
-        x = self.up[1](x + f16)
-        x = self.up[2](x + f8)
-        return self.up[3](x + f4)
-
-    def to_full(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final(x)
 
 
 class RCRNet(nn.Module):

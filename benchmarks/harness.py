@@ -460,6 +460,11 @@ def _compiling(target: Target) -> Iterator[None]:
         yield
 
 
+def _artifact_bytes(path: Path) -> int:
+    """On-disk size of a model: an OpenVINO IR is its `.xml` and the `.bin` that holds its weights."""
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
 def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> dict[str, Any]:
     t = loaded.target
     return {
@@ -469,7 +474,7 @@ def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> d
         "form": t.form,
         "device": config.device,
         "artifact": str(t.artifact) if t.artifact else None,
-        "artifact_bytes": t.artifact.stat().st_size if t.artifact else None,
+        "artifact_bytes": _artifact_bytes(t.artifact) if t.artifact else None,
         "params": t.params,
         "macs": t.macs,
         "miou": t.miou,

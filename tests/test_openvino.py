@@ -248,6 +248,7 @@ def test_load_runner_eval_infer_and_bench_take_the_ir(exported, tmp_path):
     )  # fmt: skip
     names = {r["name"]: r for r in run_bench(config)["results"]}
     assert {"openvino-fp32", "openvino-int8"} <= set(names)
+    assert names["openvino-fp32"]["artifact_bytes"] == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
     assert names["openvino-int8"]["runs"][0]["p50_ms"] > 0
 
 

@@ -316,7 +316,7 @@ def serve(
     batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a replica waits to fill a batch."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="HTTP port."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads per replica; default: the cores shared among the replicas."),
+    threads: Optional[int] = typer.Option(None, min=1, help="The model's CPU threads per replica; default: the cores shared among the replicas."),
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: the training-throughput probe, a time-limited training run, then
 # GPU latency of the result. Everything it writes lands in $OUT (the device tool returns it).
-#   [BATCH=32 LR=1e-3] bash benchmarks/device_run.sh DATA MINUTES [INIT_CKPT]
+#   [BATCH=32 LR=1e-3 ANYWHERE=1] bash benchmarks/device_run.sh DATA MINUTES [INIT_CKPT]
 # DATA is an EG1800-layout folder inside the repo (the tool carries only the repo), e.g. .data/eg1800.
 set -euo pipefail
 data=${1:?data folder}; minutes=${2:?training minutes}; init=${3:-}
@@ -14,8 +14,11 @@ nvidia-smi -L || true
 python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)"
 python3 -m rcr_deploy.benchmarks.train_throughput --data "$data" --device cuda --workers "$workers" --seconds 3 --profile --out "$out/throughput.json"
 python3 -m rcr_deploy train --data "$data" --out "$out/run" --device cuda --time-limit "$minutes" \
-  --schedule cosine --warmup-epochs 5 --batch "${BATCH:-32}" --lr "${LR:-1e-3}" --workers "$workers" --cache --val-every 40 \
+  --schedule cosine --warmup-epochs 5 --batch "${BATCH:-32}" --lr "${LR:-1e-3}" --workers "$workers" --cache --val-every 40 ${ANYWHERE:+--anywhere} \
   ${init:+--init "$init"} 2>&1 | tr '\r' '\n' | grep -v '^epoch .*step/s' || true
 test -f "$out/run/best.pt"
-python3 -m rcr_deploy bench --backend torch-train,torch-deploy,torch-fp16 --device cuda --ckpt "$out/run/best.pt" \
-  --batch 1,32 --iters 200 --max-seconds 5 --json "$out/bench-gpu.json" || echo "bench failed: $?"
+# GPU latency: torch eager (fp32, fp16), torch.compile, then CUDA-graph replays, at batch 1 and 32.
+python3 -m rcr_deploy bench --backend torch-train,torch-deploy,torch-compile,torch-fp16 --device cuda --ckpt "$out/run/best.pt" \
+  --batch 1,32 --iters 200 --max-seconds 5 --json-out "$out/bench-gpu.json" --md "$out/bench-gpu.md" || echo "bench failed: $?"
+python3 -m rcr_deploy bench --backend torch-deploy,torch-fp16 --cuda-graphs --device cuda --ckpt "$out/run/best.pt" \
+  --batch 1,32 --iters 200 --max-seconds 5 --json-out "$out/bench-gpu-graphs.json" --md "$out/bench-gpu-graphs.md" || echo "bench failed: $?"

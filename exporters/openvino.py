@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,19 @@ def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True) -> Any:
 
 
 def export_ir(
-    artifact: Path, inputs: dict[str, np.ndarray], source: Path | None = None, calib: np.ndarray | None = None, progress: bool = True
+    artifact: Path,
+    inputs: dict[str, np.ndarray],
+    source: Path | None = None,
+    calib: np.ndarray | None = None,
+    progress: bool = True,
+    measure: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the IR of `artifact` beside it, made from `source` (default: `artifact` itself), NNCF
     quantised on `calib` when given; validate it against `source` on ONNX Runtime, and write the
-    artifact's manifest, extended, into the IR and its sidecar. Returns the `.xml` and the
-    validation summary. Raises `ExportError` if OpenVINO cannot convert it and `VerificationError`
-    beyond tolerance."""
+    artifact's manifest, extended, into the IR and its sidecar (an IR made from another source
+    gets its own accuracy row from `measure`, or none). Returns the `.xml` and the validation
+    summary. Raises `ExportError` if OpenVINO cannot convert it and `VerificationError` beyond
+    tolerance."""
     ov = require_openvino()
     source = source or artifact
     xml = ir_path(artifact)
@@ -109,6 +116,10 @@ def export_ir(
     ov.save_model(model, str(xml), compress_to_fp16=False)
     record = {k: v for k, v in read_manifest(artifact).items() if k != "artifact"}
     precision = record["precision"]
+    if source != artifact and record.get("accuracy"):
+        # An NNCF IR is another model than the ONNX artifact whose accuracy table it inherits:
+        # its own row is measured on it (with --val), never copied.
+        record["accuracy"] = _own_row(record["accuracy"], precision, measure(xml) if measure else None)
     summary = _validated(xml, source, inputs, precision).summary()
     record["validation"] = [*record["validation"], summary]
     record["tools"] = {**record["tools"], "openvino": ov.__version__.split("-")[0]}
@@ -131,15 +142,32 @@ def export_ir(
     return xml, summary
 
 
+def _own_row(accuracy: dict[str, Any], precision: str, scores: dict[str, Any] | None) -> dict[str, Any]:
+    """The accuracy table with `precision`'s row replaced by `scores` of this IR (dropped without)."""
+    fp32 = next(r for r in accuracy["rows"] if r["precision"] == "fp32")
+    rows = [r for r in accuracy["rows"] if r["precision"] != precision]
+    if scores is not None:
+        own = {"precision": precision, **scores}
+        own["fg_miou_vs_fp32"] = own["fg_miou"] - fp32["fg_miou"]
+        own["class_miou_vs_fp32"] = own["class_miou"] - fp32["class_miou"]
+        rows.append(own)
+    return {**accuracy, "rows": rows}
+
+
 def export_irs(
-    artifacts: dict[str, Path], inputs: dict[str, np.ndarray], calib: np.ndarray | None = None, progress: bool = True
+    artifacts: dict[str, Path],
+    inputs: dict[str, np.ndarray],
+    calib: np.ndarray | None = None,
+    progress: bool = True,
+    measure: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     """`export_ir` for every precision's ONNX artifact, the INT8 one by NNCF from the FP32 one on
-    `calib` (preprocessed calibration images); returns precision -> `.xml` and the summaries."""
+    `calib` (preprocessed calibration images); returns precision -> `.xml` and the summaries.
+    `measure` (an IR -> its mIoU row) scores the NNCF IR, which is not its ONNX artifact's model."""
     irs, summaries = {}, []
     for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not progress, leave=False):
         if precision == "int8":
-            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress)
+            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress, measure=measure)
         else:
             irs[precision], summary = export_ir(artifact, inputs)
         summaries.append(summary)

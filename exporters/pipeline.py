@@ -34,6 +34,7 @@ from rcr_deploy.errors import RcrError, VerificationError
 from rcr_deploy.models import VARIANTS
 from rcr_deploy.preprocess import list_images, load_image
 from rcr_deploy.reparam import DEFAULT_TOLERANCES, compare, reparameterize
+from rcr_deploy.runtime import Runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.torch_runner import TorchRunner
 
@@ -258,18 +259,23 @@ def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
     return staged
 
 
-def measure_accuracy(staged: Staged) -> dict[str, Any] | None:
-    """mIoU of every artifact on the labelled folder, side by side, with the change from fp32."""
+def _scores(runner: Runner, plan: Plan) -> dict[str, Any]:
+    """One model's mIoU on the --val folder."""
     from rcr_deploy.evaluate import evaluate
 
+    report = evaluate(runner, plan.val, size=plan.size[0], limit=plan.val_limit, progress=plan.progress)
+    return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "n_images": report.n_images}
+
+
+def measure_accuracy(staged: Staged) -> dict[str, Any] | None:
+    """mIoU of every artifact on the labelled folder, side by side, with the change from fp32."""
     plan = staged.graph.deployed.plan
     if plan.val is None:
         return None
     rows = []
     for p, artifact in staged.paths.items():
         with OnnxRuntimeRunner(artifact) as runner:
-            report = evaluate(runner, plan.val, size=plan.size[0], limit=plan.val_limit, progress=plan.progress)
-        rows.append({"precision": p, "fg_miou": report.fg_miou, "class_miou": report.class_miou, "n_images": report.n_images})
+            rows.append({"precision": p, **_scores(runner, plan)})
     for row in rows:
         row["fg_miou_vs_fp32"] = row["fg_miou"] - rows[0]["fg_miou"]
         row["class_miou_vs_fp32"] = row["class_miou"] - rows[0]["class_miou"]
@@ -316,7 +322,16 @@ def openvino_irs(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, P
 
     in_channels = plan.checkpoint.model.in_channels
     calib = prec.load_batch(plan.calib_images, plan.size, in_channels) if "int8" in plan.precisions else None
-    irs, checks = openvino_export.export_irs(staged.paths, staged.inputs, calib, plan.progress)
+    measure = None
+    if plan.val is not None:
+
+        def measure(xml: Path) -> dict[str, Any]:
+            from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+
+            with OpenVINORunner(xml, hint="throughput") as runner:
+                return _scores(runner, plan)
+
+    irs, checks = openvino_export.export_irs(staged.paths, staged.inputs, calib, plan.progress, measure)
     summaries += checks
     return irs
 

@@ -25,7 +25,7 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images
 from rcr_deploy.reparam import randomize_bn
-from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path, read_manifest
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner
@@ -160,6 +160,22 @@ def test_checkpoint_runs_on_openvino_by_default_through_the_cache(exported, tmp_
     assert "converting" not in capfd.readouterr().err and second.xml == cached
     with pytest.raises(RcrError, match="--backend onnxruntime: ckpt.pt runs on torch"):
         load_runner(ckpt, backend="onnxruntime")
+
+
+def test_nncf_ir_carries_its_own_measured_accuracy_not_the_qdq_artifacts(exported, tmp_path):
+    from rcr_deploy.evaluate import evaluate
+
+    data = exported["data"]
+    out = tmp_path / "out"
+    pipeline.export(exported["root"] / "ckpt.pt", out, ("fp32", "int8"), calib=data / "images", val=data, size=SIZE,
+                    formats="onnx,openvino", progress=False)  # fmt: skip
+    onnx_rows = {r["precision"]: r for r in read_manifest(out / "rcrnet-int8.onnx")["accuracy"]["rows"]}
+    ir_rows = {r["precision"]: r for r in read_manifest(out / "rcrnet-int8.xml")["accuracy"]["rows"]}
+    with OpenVINORunner(out / "rcrnet-int8.xml", hint="throughput") as runner:  # as the export scores it
+        measured = evaluate(runner, data, size=SIZE, progress=False)
+    assert ir_rows["int8"]["fg_miou"] == pytest.approx(measured.fg_miou, abs=1e-6)
+    assert ir_rows["int8"]["fg_miou_vs_fp32"] == pytest.approx(measured.fg_miou - onnx_rows["fp32"]["fg_miou"], abs=1e-6)
+    assert ir_rows["fp32"] == onnx_rows["fp32"]  # the FP32 IR is its ONNX converted: the same model, the same row
 
 
 # ------------------------------------------------------------------------------ INT8 placement

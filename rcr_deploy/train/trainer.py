@@ -431,7 +431,7 @@ class Trainer:
                     steady = self._plan(session, steady) if steady else (time.perf_counter(), self.epoch)
                     planning = steady is not None
                     bar.total = self.planned * self.steps_per_epoch
-                bar.set_description(f"epoch {self.epoch + 1}/{self.planned}", refresh=False)
+                bar.set_description(f"epoch {min(self.epoch + 1, self.planned)}/{self.planned}", refresh=False)
                 if self.epoch >= self.planned:
                     break
                 if self._time_up:

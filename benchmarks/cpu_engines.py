@@ -33,7 +33,9 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks import peer as mediapipe
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
+from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path
 from rcr_deploy.errors import RcrError
+from rcr_deploy.evaluate import evaluate, foreground_prob
 from rcr_deploy.fileio import atomic_path, write_text_atomic
 from rcr_deploy.runtime import Runner
 
@@ -61,27 +63,24 @@ def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
+    fp32, int8 = folder / ARTIFACT_NAMES["fp32"], folder / ARTIFACT_NAMES["int8"]
     runners: dict[str, Runner] = {
-        "ort-fp32": OnnxRuntimeRunner(folder / "rcrnet.onnx", threads=threads),
-        "ort-int8": OnnxRuntimeRunner(folder / "rcrnet-int8.onnx", threads=threads),
-        "ov-fp32": OpenVINORunner(folder / "rcrnet.xml", threads=threads),
-        "ov-bf16": OpenVINORunner(folder / "rcrnet.xml", precision="bf16", threads=threads),
-        "ov-int8": OpenVINORunner(folder / "rcrnet-int8.xml", threads=threads),
-        "ov-int8-qdq": OpenVINORunner(folder / "rcrnet-int8.onnx", threads=threads),
-        "ov-default": OpenVINORunner(folder / "rcrnet.xml", hint=None, precision=None),
+        "ort-fp32": OnnxRuntimeRunner(fp32, threads=threads),
+        "ort-int8": OnnxRuntimeRunner(int8, threads=threads),
+        "ov-fp32": OpenVINORunner(ir_path(fp32), threads=threads),
+        "ov-bf16": OpenVINORunner(ir_path(fp32), precision="bf16", threads=threads),
+        "ov-int8": OpenVINORunner(ir_path(int8), threads=threads),
+        "ov-int8-qdq": OpenVINORunner(int8, threads=threads),
+        "ov-default": OpenVINORunner(ir_path(fp32), hint=None, precision=None),
     }
     return runners
-
-
-def _person_prob(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Same-class pixel fraction and the largest person-probability difference of two logit maps."""
     return {
         "mask_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
-        "max_prob_diff": float(np.abs(_person_prob(a) - _person_prob(b)).max()),
+        "max_prob_diff": float(np.abs(foreground_prob(a) - foreground_prob(b)).max()),
         "max_logit_diff": float(np.abs(a - b).max()),
     }
 
@@ -91,14 +90,12 @@ def measure_size(
 ) -> dict[str, Any]:
     """Export at `size`, then time, score and compare every engine on it (and time `peer`'s model,
     {"model": SelfieSegmenter, "fg_miou": ..., "n_images": ...}, in the same batch-1 rounds)."""
-    from rcr_deploy.evaluate import evaluate
+    from rcr_deploy.benchmarks.cost import count_macs_onnx
     from rcr_deploy.exporters.pipeline import export
     from rcr_deploy.exporters.precision import load_batch
 
     folder = tmp / str(size)
     export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats="onnx,openvino", progress=False)
-    from rcr_deploy.benchmarks.cost import count_macs_onnx
-
     runners = load_engines(folder, args.threads)
     x = np.random.default_rng(0).standard_normal((1, 4, size, size), dtype=np.float32)
     xb = np.repeat(x, BATCH, axis=0)
@@ -126,7 +123,7 @@ def measure_size(
     if peer:
         rows["mediapipe"] = {"engine": "mediapipe", "what": ENGINES["mediapipe"], **_latency(stats["mediapipe"])}
         rows["mediapipe"].update({k: peer[k] for k in ("fg_miou", "n_images") if peer.get(k) is not None})
-    result = {"size": size, "macs": count_macs_onnx(folder / "rcrnet.onnx").macs, "rows": rows}
+    result = {"size": size, "macs": count_macs_onnx(folder / ARTIFACT_NAMES["fp32"]).macs, "rows": rows}
     if outputs:  # the same INT8 file on two runtimes
         result["int8_ort_vs_openvino"] = agreement(outputs["ov-int8-qdq"], outputs["ort-int8"])
     return result
@@ -151,9 +148,9 @@ SHIPPED = {"fp32": ("ort-fp32", "ov-fp32"), "int8": ("ort-int8", "ov-int8", "ov-
 INT8_MIOU_LOSS = 0.5
 
 
-def _fastest(rows: dict[str, Any], names: tuple[str, ...], key: str = "p50_ms", batch: bool = False) -> str:
+def _fastest(rows: dict[str, Any], names: tuple[str, ...], batch: bool = False) -> str:
     def latency(name: str) -> float:
-        return rows[name][f"batch{BATCH}"][key] if batch else rows[name][key]
+        return (rows[name][f"batch{BATCH}"] if batch else rows[name])["p50_ms"]
 
     return min((n for n in names if n in rows), key=latency)
 

@@ -322,7 +322,7 @@ def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: 
 
 def _openvino_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
     """The IR `export --format openvino` wrote, with the LATENCY hint and f32 (bf16 only when asked)."""
-    from rcr_deploy.exporters.openvino import ir_path
+    from rcr_deploy.artifact import ir_path
     from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
     if config.device != "cpu":

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rcr_deploy.artifact import manifest_path, read_manifest, write_manifest
+from rcr_deploy.artifact import ir_path, read_manifest, write_manifest
 from rcr_deploy.errors import ExportError, VerificationError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.reparam import Tolerance
@@ -43,16 +43,6 @@ TOLERANCES: dict[str, tuple[Tolerance, float]] = {
     "fp16": (Tolerance(rtol=3e-3, atol=1e-3), 0.999),
     "int8": (Tolerance(rtol=0.5, atol=0.5), 0.95),
 }
-
-
-def ir_path(onnx_artifact: Path) -> Path:
-    """`rcrnet-int8.onnx` -> `rcrnet-int8.xml` (its weights are the `.bin` beside it)."""
-    return onnx_artifact.with_suffix(".xml")
-
-
-def ir_files(xml: Path) -> list[Path]:
-    """The files that make up one IR artifact: the graph, its weights and its manifest."""
-    return [xml, xml.with_suffix(".bin"), manifest_path(xml)]
 
 
 def _validated(xml: Path, source: Path, inputs: dict[str, np.ndarray], precision: str) -> onnx_export.Validation:

@@ -28,7 +28,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, ENGINES, ExportSet, manifest_path, write_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, ENGINES, ExportSet, ir_files, ir_path, manifest_path, write_manifest
 from rcr_deploy.checkpoint import Checkpoint, default_checkpoint, load_checkpoint
 from rcr_deploy.errors import RcrError, VerificationError
 from rcr_deploy.models import VARIANTS
@@ -390,9 +390,7 @@ def export(
     names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
     with_ir = "openvino" in plan.formats
     if with_ir:
-        from rcr_deploy.exporters.openvino import ir_files, ir_path
-
-        names += [f.name for p in plan.precisions for f in ir_files(ir_path(Path(ARTIFACT_NAMES[p])))]
+        names += [f.name for p in plan.precisions for f in ir_files(ir_path(ARTIFACT_NAMES[p]))]
     steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + with_ir
     with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
         with _timed(plan, "reparameterize+verify", bar):

@@ -58,6 +58,17 @@ def manifest_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def ir_path(onnx_artifact: str | os.PathLike) -> Path:
+    """The OpenVINO IR of an ONNX artifact: `rcrnet-int8.onnx` -> `rcrnet-int8.xml` (its weights
+    are the `.bin` beside it)."""
+    return Path(onnx_artifact).with_suffix(".xml")
+
+
+def ir_files(xml: Path) -> list[Path]:
+    """The files that make up one IR artifact: the graph, its weights and its manifest."""
+    return [xml, xml.with_suffix(".bin"), manifest_path(xml)]
+
+
 def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
     """A model file as given, or an export folder's artifact of `precision`.
 

@@ -55,9 +55,7 @@ def _manifest_input(runner: Runner) -> dict[str, Any] | None:
     """The input spec recorded in the artifact's manifest (None for a checkpoint)."""
     if runner.manifest is None:
         path = getattr(runner, "path", None)
-        # An artifact file without its manifest: its preprocessing is unknown. A checkpoint (on
-        # OpenVINO; the torch runner has no path) has none: the defaults are its preprocessing.
-        if path is not None and Path(path).suffix != ".pt":
+        if path is not None:  # an artifact file without its manifest: its preprocessing is unknown
             raise RcrError(
                 f"{path}: no manifest (no {manifest_path(Path(path)).name} beside it, none embedded), so its input "
                 "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"

@@ -25,7 +25,7 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images
 from rcr_deploy.reparam import randomize_bn
-from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path, manifest_path, read_manifest
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner
@@ -56,7 +56,7 @@ def exported(tmp_path_factory) -> dict:
 
 
 def _xml(exported: dict, p: str) -> Path:
-    return exported["out"] / openvino_export.ir_path(Path(ARTIFACT_NAMES[p])).name
+    return exported["out"] / ir_path(ARTIFACT_NAMES[p]).name
 
 
 def _real(exported: dict) -> np.ndarray:

@@ -102,11 +102,11 @@ def load_runner(
     threads (torch's are process-wide: `torch.set_num_threads`).
 
     `backend="auto"` follows the CPU measurements (benchmarks/results/cpu-engines-*.md): on the CPU,
-    a checkpoint or an export folder runs on OpenVINO where it is installed (FP32, about 5x torch
-    eager and 1.1x ONNX Runtime at 224x224 on 2 cores), else on torch or ONNX Runtime; a file runs
-    on the engine its format names. The device is honoured (ONNX on CUDA uses onnxruntime's CUDA
+    a checkpoint or an export folder runs on OpenVINO where it is installed (FP32, faster there
+    than torch eager and ONNX Runtime at every measured size), else on torch or ONNX Runtime; a
+    file runs on the engine its format names. The device is honoured (ONNX on CUDA uses onnxruntime's CUDA
     provider) or refused in one line."""
-    from rcr_deploy.artifact import resolve
+    from rcr_deploy.artifact import ir_path, resolve
     from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
     from rcr_deploy.errors import RcrError
     from rcr_deploy.reparam import reparameterize
@@ -122,11 +122,12 @@ def load_runner(
     ov = backend == "openvino" or (backend == "auto" and cpu and openvino_installed())
     folder = model is not None and Path(model).is_dir()
     path = default_checkpoint() if model is None else resolve(model)
-    if folder and ov and path.with_suffix(".xml").is_file():
-        path = path.with_suffix(".xml")  # the folder's FP32 IR, from 'export --format openvino'
-    if backend not in ("auto", _engine_of(path)) and not (backend == "openvino" and path.suffix in (".pt", ".onnx")):
+    if folder and ov and ir_path(path).is_file():
+        path = ir_path(path)  # the folder's FP32 IR, from 'export --format openvino'
+    engine = _engine_of(path)
+    if engine and backend not in ("auto", engine) and not (backend == "openvino" and path.suffix in (".pt", ".onnx")):
         raise RcrError(
-            f"--backend {backend}: {path.name} runs on {_engine_of(path)}; pass --backend auto, or export the model "
+            f"--backend {backend}: {path.name} runs on {engine}; pass --backend auto, or export the model "
             "for that engine ('rcr-deploy export CKPT --format onnx,openvino')"
         )
     if path.suffix == ".pt":
@@ -158,6 +159,6 @@ def load_runner(
     )
 
 
-def _engine_of(path: Path) -> str:
-    """The engine a model file's format names."""
-    return {".pt": "torch", ".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt"}.get(path.suffix, "auto")
+def _engine_of(path: Path) -> str | None:
+    """The engine a model file's format names (None for a file this tool does not run)."""
+    return {".pt": "torch", ".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt"}.get(path.suffix)

@@ -174,12 +174,12 @@ class OpenVINORunner(Runner):
 class CheckpointOnOpenVINO(Runner):
     """A checkpoint's deploy form on OpenVINO, FP32, through the IR cache. The conversion or the
     cache read happens in `prepare()` (or the first `infer`), so a command checks its other
-    inputs before paying for it. Like the torch runner it has no manifest: the checkpoint's
-    preprocessing is the default."""
+    inputs before paying for it. Like the torch runner it has no manifest and no artifact `path`:
+    the checkpoint's preprocessing is the default."""
 
     def __init__(self, path: Path, deploy: Any, hint: str = "latency", threads: int | None = None) -> None:
         ov = require_openvino()
-        self.path, self.in_channels, self.manifest = path, int(deploy.in_channels), None
+        self.checkpoint, self.in_channels, self.manifest = path, int(deploy.in_channels), None
         self.name = f"openvino-fp32:{path.name}"
         self.xml = cache_dir() / "openvino" / f"{sha256_file(path)[:24]}-ov{ov.__version__.split('-')[0]}-rcr{__version__}" / "model.xml"
         self._deploy, self._hint, self._threads = deploy, hint, threads
@@ -191,7 +191,7 @@ class CheckpointOnOpenVINO(Runner):
             return
         model = None
         if not self.xml.is_file():
-            print(f"note: converting {self.path.name} to OpenVINO once (cached in {self.xml.parent})", file=sys.stderr)
+            print(f"note: converting {self.checkpoint.name} to OpenVINO once (cached in {self.xml.parent})", file=sys.stderr)
             model = _convert(self._deploy)
             _store(model, self.xml)
         self._runner = OpenVINORunner(self.xml, hint=self._hint, threads=self._threads, model=model)

@@ -67,16 +67,32 @@ def timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) ->
     return _timed_on_gpu(graph.replay)
 
 
-def time_interleaved(calls: dict[str, Callable[[], int]], batch: int, iters: int, max_seconds: float, chunk: int = 5) -> dict[str, LatencyStats]:
+SETTLE_S = 0.1
+"""Pause before each target's turn. ONNX Runtime's worker threads spin for 30-40 ms after a call
+returns (its default `session.intra_op.allow_spinning`); on a 2-core machine an engine timed in
+that window ran 1.7x slower (OpenVINO FP32 at 224: 3.4 against 1.9 ms). A target's own spinning
+is part of its speed; another's is not, so every turn waits it out and then makes one untimed
+call to bring the target's threads and caches back."""
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], int]], batch: int, iters: int, max_seconds: float, chunk: int = 5, settle_s: float = SETTLE_S
+) -> dict[str, LatencyStats]:
     """Time each call (each returns its own time in ns) `iters` times, taking turns `chunk` calls
     at a time, so load that drifts on a shared machine hits every target alike and the ratios
-    between them stay fair. Stops early after about `max_seconds` per target, at least one turn each."""
+    between them stay fair. Each turn starts after `settle_s` and one untimed call (see
+    SETTLE_S). Stops early after about `max_seconds` per target, at least one turn each."""
     samples: dict[str, list[int]] = {name: [] for name in calls}
     deadline = time.perf_counter() + max_seconds * len(calls)
     with tqdm(total=iters * len(calls), desc=f"timing batch {batch}", unit="call", leave=False) as bar:
         while any(len(s) < iters for s in samples.values()):
             for name, timed in calls.items():
                 n = min(chunk, iters - len(samples[name]))
+                if n == 0:
+                    continue
+                if len(calls) > 1 and settle_s > 0:
+                    time.sleep(settle_s)
+                    timed()
                 samples[name] += [timed() for _ in range(n)]
                 bar.update(n)
             if time.perf_counter() > deadline:

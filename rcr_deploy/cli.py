@@ -371,6 +371,10 @@ def train(
     train_split: Optional[str] = typer.Option(None, help="train | all | p3m-train | a file of ids."),
     val_split: Optional[str] = typer.Option(None, help="val | p3m-500-p | p3m-500-np | a file of ids | '' for none."),
     size: Optional[int] = typer.Option(None, help="Square training size (default 224).", callback=SIZE),
+    progressive: Optional[str] = typer.Option(
+        None, help="Progressive resizing: smaller sizes first, e.g. 160,192 trains the first third of the epochs at 160, "
+        "the second at 192 and the last at --size ('' for none).", callback=lambda ctx, param, value: value if value == "" else SIZE(ctx, param, value),
+    ),
     epochs: Optional[int] = typer.Option(None, help="Epochs (paper: 2000).", callback=_range(1, 10**6)),
     batch: Optional[int] = typer.Option(None, help="Samples per step per process (default 32, as the paper).", callback=BATCH),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3; paper 1e-2, see README)."),
@@ -398,6 +402,8 @@ def train(
 
     if time_limit is not None:
         given["time_limit_min"] = time_limit
+    if progressive is not None:
+        given["progressive"] = [int(s) for s in progressive.split(",") if s]
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     base = TrainConfig.load(config) if config else resume_config(resume) if resume else TrainConfig()
     cfg = TrainConfig.from_dict({**dataclasses.asdict(base), **given}, "options")

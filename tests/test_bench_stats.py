@@ -52,12 +52,30 @@ def test_targets_take_turns_in_chunks_until_each_has_its_iterations():
 
         return timed
 
-    stats = time_interleaved({"a": call("a", 2_000_000), "b": call("b", 4_000_000)}, batch=2, iters=7, max_seconds=60, chunk=3)
+    stats = time_interleaved({"a": call("a", 2_000_000), "b": call("b", 4_000_000)}, batch=2, iters=7, max_seconds=60, chunk=3, settle_s=0)
     # a a a b b b | a a a b b b | a b: load drifting over time hits both alike
     assert "".join(order) == "aaabbbaaabbbab"
     assert (stats["a"].iterations, stats["b"].iterations) == (7, 7)
     assert (stats["a"].p50_ms, stats["b"].p50_ms) == (2.0, 4.0)
     assert stats["b"].throughput_ips == pytest.approx(500.0)
+
+
+def test_each_turn_settles_and_discards_one_untimed_call():
+    from rcr_deploy.benchmarks.timing import time_interleaved
+
+    order, times = [], {"a": [50_000_000, 1_000_000], "b": [70_000_000, 3_000_000]}
+
+    def call(name):
+        def timed():
+            order.append(name)
+            # the first call of each turn is slow (another engine's threads still spinning)
+            return times[name][0 if order.count(name) % 3 == 1 else 1]
+
+        return timed
+
+    stats = time_interleaved({"a": call("a"), "b": call("b")}, batch=1, iters=4, max_seconds=60, chunk=2, settle_s=1e-4)
+    assert "".join(order) == "aaabbbaaabbb"
+    assert (stats["a"].iterations, stats["a"].p99_ms, stats["b"].p99_ms) == (4, 1.0, 3.0)
 
 
 def test_time_budget_stops_after_one_turn_each():

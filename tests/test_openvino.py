@@ -136,10 +136,13 @@ def test_latency_runner_fixes_each_input_shape_and_keeps_few(exported):
 
     x = _real(exported)
     latency = OpenVINORunner(_xml(exported, "fp32"), hint="latency", threads=2)
+    # loaded with batch 1 compiled, and nothing dynamic compiled that it would not use
+    assert latency.compiled.input(0).get_partial_shape().is_static and latency._dynamic is None
+    assert list(latency._static) == [(1, *x.shape[1:])]
     dynamic = OpenVINORunner(_xml(exported, "fp32"), hint=None, precision="f32", threads=2)
     for batch in range(1, MAX_STATIC_SHAPES + 2):
         np.testing.assert_allclose(latency.infer(x[:batch]), dynamic.infer(x[:batch]), rtol=1e-4, atol=1e-4)
-    assert len(latency._static) == MAX_STATIC_SHAPES
+    assert len(latency._static) == MAX_STATIC_SHAPES and latency._dynamic is None
     assert all(r.get_compiled_model().input(0).get_partial_shape().is_static for r in latency._static.values())
 
 

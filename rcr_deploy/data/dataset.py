@@ -17,8 +17,8 @@ from rcr_deploy.preprocess import INPUT_SIZE
 
 
 class PortraitDataset(Dataset):
-    """Augmented samples of (image, mask) pairs, indexed by (epoch, index) or by index alone
-    (then the epoch set by `set_epoch`).
+    """Augmented samples of (image, mask) pairs, indexed by (epoch, index[, size]) or by index
+    alone (then the epoch set by `set_epoch`).
 
     `anywhere=True` adds the augmentations of `augment.make_sample` for framings EG1800 lacks.
     `cache=True` decodes every pair once, before the loader forks its workers (they share the
@@ -47,9 +47,10 @@ class PortraitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """`key`: an index, (epoch, index), or (epoch, index, size) for progressive resizing."""
+        epoch, index, size = (*key, self.size)[:3] if isinstance(key, tuple) else (self.epoch, key, self.size)
         rng = np.random.default_rng([self.seed, epoch, index])
         other = self._pair(int(rng.integers(len(self.pairs)))) if self.anywhere else None
-        s = make_sample(*self._pair(index), rng, self.size, self.in_channels, other)
+        s = make_sample(*self._pair(index), rng, size, self.in_channels, other)
         return {k: torch.from_numpy(getattr(s, k)) for k in ("student", "teacher", "mask", "edge")}

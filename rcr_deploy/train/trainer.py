@@ -46,7 +46,7 @@ from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
 from rcr_deploy.train.log import plot_histories
 from rcr_deploy.train.losses import LossWeights, total_loss
-from rcr_deploy.train.schedule import SCHEDULES, RunSampler, lr_factor, plan_epochs, steps_per_epoch
+from rcr_deploy.train.schedule import SCHEDULES, RunSampler, epoch_cost, lr_factor, plan_epochs, size_at, steps_per_epoch
 
 SPLIT_RULE = f"sort the ids; index % {VAL_EVERY} == 0 is validation, the rest is training"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -67,6 +67,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     size: int = 224
+    progressive: list[int] = dataclasses.field(default_factory=list)
     epochs: int = 2000
     batch: int = 32
     lr: float = 1e-3
@@ -183,6 +184,10 @@ class Trainer:
             raise TrainError("--batch, --epochs and --val-every must be at least 1")
         if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 1):
             raise TrainError(f"--lr {cfg.lr}: use a learning rate in (0, 1], e.g. 1e-3")
+        self.sizes = (*cfg.progressive, cfg.size)
+        if any(s % 32 or s < 32 for s in self.sizes) or list(self.sizes) != sorted(set(self.sizes)):
+            shown = ",".join(map(str, cfg.progressive))
+            raise TrainError(f"--progressive {shown}: give rising multiples of 32 below --size {cfg.size}, e.g. 160,192")
         self.cfg = cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -313,6 +318,7 @@ class Trainer:
         sampler = RunSampler(
             len(self.train_pairs), self.cfg.batch, self.cfg.seed, self.cfg.epochs,
             (self.epoch, self.step_in_epoch), self.rank, self.world,
+            (lambda epoch: size_at(epoch, self.planned, self.sizes)) if self.cfg.progressive else None,
         )  # fmt: skip
         return DataLoader(
             self.dataset,
@@ -385,10 +391,11 @@ class Trainer:
         if now - steady[0] < PLAN_AFTER_S and self.epoch - steady[1] < 3:
             return steady
         remaining = cfg.time_limit_min * 60 - (now - session_start)
-        self.planned = plan_epochs(self.epoch, self.epoch - steady[1], now - steady[0], remaining, cfg.epochs)
+        measured = epoch_cost(steady[1], self.epoch, self.planned, self.sizes)
+        self.planned = plan_epochs(self.epoch, measured, now - steady[0], remaining, cfg.epochs, sizes=self.sizes)
         if self.progress:
-            pace = (now - steady[0]) / (self.epoch - steady[1])
-            tqdm.write(f"planned {self.planned} epochs in all: {pace:.2f} s/epoch, {remaining / 60:.1f} min left")
+            pace = (now - steady[0]) / measured
+            tqdm.write(f"planned {self.planned} epochs in all: {pace:.2f} s per epoch at size {cfg.size}, {remaining / 60:.1f} min left")
         return None
 
     def fit(self) -> TrainResult:
@@ -407,7 +414,7 @@ class Trainer:
             done = self.epoch * self.steps_per_epoch + self.step_in_epoch
             bar = tqdm(
                 total=self.planned * self.steps_per_epoch, initial=done, unit="step", disable=not self.progress,
-                dynamic_ncols=True, desc=f"epoch {self.epoch + 1}/{self.planned}",
+                dynamic_ncols=True, desc=self._describe(),
             )  # fmt: skip
             for batch in self._loader():
                 terms = self._step(batch)
@@ -431,7 +438,7 @@ class Trainer:
                     steady = self._plan(session, steady) if steady else (time.perf_counter(), self.epoch)
                     planning = steady is not None
                     bar.total = self.planned * self.steps_per_epoch
-                bar.set_description(f"epoch {min(self.epoch + 1, self.planned)}/{self.planned}", refresh=False)
+                bar.set_description(self._describe(), refresh=False)
                 if self.epoch >= self.planned:
                     break
                 if self._time_up:
@@ -451,9 +458,16 @@ class Trainer:
             dist.barrier()
         return TrainResult(self.model, self.history, self.best, stopped)
 
+    def _describe(self) -> str:
+        epoch = min(self.epoch, self.planned - 1)
+        at = f" at {size_at(epoch, self.planned, self.sizes)}" if self.cfg.progressive else ""
+        return f"epoch {epoch + 1}/{self.planned}{at}"
+
     def _end_epoch(self) -> None:
         n = max(self.step_in_epoch, 1)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "wall_s": round(self.wall, 1), **{k: v / n for k, v in self.sums.items()}}
+        if self.cfg.progressive:
+            record["size"] = size_at(self.epoch, self.planned, self.sizes)
         self.epoch += 1
         self.step_in_epoch, self.sums = 0, {}
         self.scheduler.step()

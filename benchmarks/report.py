@@ -83,7 +83,8 @@ def headline(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"best at batch 1: {res['name']} p50 {p50:.2f} ms with {report['config']['threads']} threads; compute floor "
             f"{run['compute_floor_ms']:.2f} ms (2 x {res['macs'] / 1e6:.0f} M MACs at a measured "
-            f"{report['peak_gflops']:.0f} GFLOP/s), {run['x_over_floor']:.1f}x above it"
+            f"{report['peak_gflops']:.0f} GFLOP/s), {run['x_over_floor']:.1f}x that"
+            + (" (INT8 arithmetic runs below the FP32 floor)" if run["x_over_floor"] < 1 else "")
         )
     model = report["model"]
     if model.get("export_fp32_s") is not None:

@@ -4,7 +4,7 @@ Errors become one line on stderr (a traceback only with --debug), by class (rcr_
 bad input (`RcrError`) exits 2; a failed check (`VerificationError`) exits 1; our own defect
 (`InternalError`) exits 1 and says it is a bug.
 
-Why one file of about 660 lines: the design card keeps the whole command line in cli.py, and most
+Why one file of about 700 lines: the design card keeps the whole command line in cli.py, and most
 of its length is the commands' option declarations; each command body only parses and calls.
 """
 

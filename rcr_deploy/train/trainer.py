@@ -11,7 +11,7 @@ planned from the pace measured in the run's first seconds, so the curve ends whe
 No checkpoint ever holds non-finite weights: a non-finite loss stops the run, naming the epoch and
 step, before the optimiser applies it, and every save checks the weights first.
 
-Why one file of about 480 lines: the state a resume must restore (model, optimiser, scheduler,
+Why one file of about 540 lines: the state a resume must restore (model, optimiser, scheduler,
 scaler, RNG, position in the epoch, history, plan) is read and written by the same class that
 changes it; splitting the loop from its state would put that contract in two places.
 """

@@ -83,6 +83,21 @@ def test_ddp_two_processes_on_gloo(data, tmp_path):
     assert len(history) == 1 and history[0]["val_images"] == 1  # rank 0 validates, once
 
 
+def test_ddp_ranks_stop_together_at_a_time_limit(data, tmp_path):
+    # Rank 0 validates while rank 1 waits, so their clocks differ: each rank deciding the plan and
+    # the time limit from its own clock could stop them after different epochs, and hang.
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rcr_deploy"]
+    args = ["train", "--data", str(data), "--out", str(out), "--arch", ARCH, "--size", "64", "--batch", "2",
+            "--epochs", "400", "--schedule", "cosine", "--time-limit", "0.1", "--workers", "0", "--threads", "1",
+            "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert 1 <= len(history) < 400 and "val_fg_miou" in history[-1]
+    assert load_checkpoint(out / "last.pt").meta["epochs_done"] == len(history)
+
+
 def test_resume_missing_or_incompatible(data, tmp_path):
     proc = run_cli("train", "--data", str(data), "--resume", str(tmp_path / "nope.pt"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "nope.pt: no such checkpoint" in proc.stderr

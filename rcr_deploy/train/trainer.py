@@ -388,11 +388,16 @@ class Trainer:
         if steady is None or not cfg.time_limit_min or cfg.schedule != "cosine":
             return None
         now = time.perf_counter()
-        if now - steady[0] < PLAN_AFTER_S and self.epoch - steady[1] < 3:
+        wait = now - steady[0] < PLAN_AFTER_S and self.epoch - steady[1] < 3
+        planned = self.planned
+        if not wait:
+            remaining = cfg.time_limit_min * 60 - (now - session_start)
+            measured = epoch_cost(steady[1], self.epoch, self.planned, self.sizes)
+            planned = plan_epochs(self.epoch, measured, now - steady[0], remaining, cfg.epochs, sizes=self.sizes)
+        wait, planned = self._from_rank0(wait, planned)
+        if wait:
             return steady
-        remaining = cfg.time_limit_min * 60 - (now - session_start)
-        measured = epoch_cost(steady[1], self.epoch, self.planned, self.sizes)
-        self.planned = plan_epochs(self.epoch, measured, now - steady[0], remaining, cfg.epochs, sizes=self.sizes)
+        self.planned = int(planned)
         if self.progress:
             pace = (now - steady[0]) / measured
             tqdm.write(f"planned {self.planned} epochs in all: {pace:.2f} s per epoch at size {cfg.size}, {remaining / 60:.1f} min left")
@@ -458,6 +463,16 @@ class Trainer:
             dist.barrier()
         return TrainResult(self.model, self.history, self.best, stopped)
 
+    def _from_rank0(self, *values: float) -> list[float]:
+        """Rank 0's values on every rank. A decision read off a clock (the plan, the time limit)
+        must be the same on all of them, or they stop after different epochs and the first to
+        reach a collective waits for ever."""
+        if self.world == 1:
+            return list(values)
+        agreed = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.broadcast(agreed, 0)
+        return agreed.tolist()
+
     def _describe(self) -> str:
         epoch = min(self.epoch, self.planned - 1)
         at = f" at {size_at(epoch, self.planned, self.sizes)}" if self.cfg.progressive else ""
@@ -472,7 +487,8 @@ class Trainer:
         self.step_in_epoch, self.sums = 0, {}
         self.scheduler.step()
         # Decided once, here, so that the epoch the run stops after is always validated.
-        self._time_up = bool(self.cfg.time_limit_min) and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
+        time_up = bool(self.cfg.time_limit_min) and time.perf_counter() - self._session >= self.cfg.time_limit_min * 60
+        self._time_up = bool(self._from_rank0(time_up)[0])
         last = self.epoch >= self.planned or self._time_up
         # Recorded before validating: a Ctrl-C during validation saves last.pt with this epoch
         # done, so its record (without scores) must already be in the history.

@@ -539,7 +539,7 @@ def eval_(
     batch: int = typer.Option(8, help="Images per inference call.", callback=BATCH),
     reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Score the harder framing: each image shrunk to half and shifted in its canvas."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
-    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images.", callback=_range(0, 10**6)),
+    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images, and DIR/worst.png with up to 12 side by side.", callback=_range(0, 10**6)),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
@@ -566,7 +566,10 @@ def eval_(
     if per_image:
         console.print(f"  per-image scores: {per_image}")
     if pictures:
-        console.print(f"  {len(pictures)} worst images as overlays in {worst[1]} (green right, red false person, blue missed)")
+        console.print(
+            f"  {len(pictures)} worst images as overlays in {worst[1]}, side by side in {worst[1] / 'worst.png'} "
+            "(green right, red false person, blue missed)"
+        )
 
 
 # ---- demo

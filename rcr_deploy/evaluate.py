@@ -102,16 +102,20 @@ def write_per_image_csv(report: EvalReport, path: str | os.PathLike) -> Path:
 HIT, FALSE_FG, MISSED = (40, 200, 80), (230, 40, 40), (40, 90, 255)
 
 
-def overlay(rgb: np.ndarray, prob: np.ndarray, mask: np.ndarray, caption: str) -> np.ndarray:
+def overlay(rgb: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image tinted where the model is right (green), wrong (red: false person; blue:
-    missed person), captioned."""
-    import cv2
-
+    missed person)."""
     pred, gt = prob > 0.5, mask.astype(bool)
     out = rgb.astype(np.float32)
     for region, colour in ((pred & gt, HIT), (pred & ~gt, FALSE_FG), (~pred & gt, MISSED)):
         out[region] = 0.55 * out[region] + 0.45 * np.asarray(colour, np.float32)
-    out = out.round().astype(np.uint8)
+    return out.round().astype(np.uint8)
+
+
+def _caption(img: np.ndarray, caption: str) -> np.ndarray:
+    import cv2
+
+    out = img.copy()
     font = max(out.shape[1] / 700, 0.35)  # the caption spans about 2/3 of the width
     (_, text_h), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
     out[: text_h + base + 8] = 0
@@ -119,23 +123,57 @@ def overlay(rgb: np.ndarray, prob: np.ndarray, mask: np.ndarray, caption: str) -
     return out
 
 
+SHEET_CELL = (225, 300)  # width, height: EG1800's 3:4 frames, six across a page
+SHEET_MAX = 12
+
+
+def contact_sheet(pictures: list[tuple[np.ndarray, str]], columns: int = 6) -> np.ndarray:
+    """Pictures side by side in rows of `columns`, each fitted into one cell (black bars where
+    its shape differs) and captioned at the cell's scale, so the captions stay legible."""
+    import cv2
+
+    cw, ch = SHEET_CELL
+    rows = -(-len(pictures) // columns)
+    sheet = np.zeros((rows * ch, min(len(pictures), columns) * cw, 3), np.uint8)
+    for i, (img, caption) in enumerate(pictures):
+        h, w = img.shape[:2]
+        scale = min(cw / w, ch / h)
+        fw, fh = max(1, round(w * scale)), max(1, round(h * scale))
+        cell = np.zeros((ch, cw, 3), np.uint8)
+        y, x = (ch - fh) // 2, (cw - fw) // 2
+        cell[y : y + fh, x : x + fw] = cv2.resize(img, (fw, fh), interpolation=cv2.INTER_AREA)
+        r, c = divmod(i, columns)
+        sheet[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = _caption(cell, caption)
+    return sheet
+
+
 def write_worst(
     report: EvalReport, runner: Runner, k: int, out_dir: str | os.PathLike, split: str | os.PathLike | None = None
 ) -> list[Path]:
-    """Overlay pictures of the k images with the lowest foreground IoU, worst first."""
+    """Overlay pictures of the k images with the lowest foreground IoU, worst first, and
+    `worst.png`, the first SHEET_MAX of them side by side."""
     import cv2
 
     from rcr_deploy.fileio import atomic_path
 
+    def write(path: Path, rgb: np.ndarray) -> None:
+        with atomic_path(path) as tmp:
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise OSError(f"{path}: OpenCV could not encode the picture as PNG")
+            tmp.write_bytes(buf.tobytes())
+
     pairs = {p.stem: p for p in list_pairs(report.data, split)}
-    written = []
+    written, cells = [], []
     for rank, score in enumerate(report.worst(k), 1):
         rgb, mask = load_pair(pairs[score.stem])
         (prob,) = predict(runner, [rgb], report.size)
-        caption = f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}, class IoU {score.class_iou:.3f}"
+        tinted = overlay(rgb, prob, mask)
         path = Path(out_dir) / f"{rank:02d}-{score.stem}.png"
-        with atomic_path(path) as tmp:
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(overlay(rgb, prob, mask, caption), cv2.COLOR_RGB2BGR))
-            tmp.write_bytes(buf.tobytes())
+        write(path, _caption(tinted, f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}, class IoU {score.class_iou:.3f}"))
         written.append(path)
+        if rank <= SHEET_MAX:
+            cells.append((tinted, f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}"))
+    if cells:
+        write(Path(out_dir) / "worst.png", contact_sheet(cells))
     return written

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.data.folder import list_pairs, load_pair
-from rcr_deploy.evaluate import evaluate, foreground_prob
+from rcr_deploy.evaluate import SHEET_CELL, contact_sheet, evaluate, foreground_prob
 from rcr_deploy.models import build_model
 from rcr_deploy.runtime import Runner
 from test_data import write_dataset
@@ -67,7 +68,8 @@ def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     assert report["class_miou"] == pytest.approx(np.mean([float(r["class_iou"]) for r in rows]), abs=1e-5)
     worst = sorted(rows, key=lambda r: float(r["fg_iou"]))[:2]
     pictures = sorted(p.name for p in (tmp_path / "worst").iterdir())
-    assert pictures == [f"01-{worst[0]['stem']}.png", f"02-{worst[1]['stem']}.png"]
+    assert pictures == [f"01-{worst[0]['stem']}.png", f"02-{worst[1]['stem']}.png", "worst.png"]
+    assert cv2.imread(str(tmp_path / "worst" / "worst.png")).shape == (SHEET_CELL[1], 2 * SHEET_CELL[0], 3)
     text = run_cli("eval", str(ckpt), "--data", str(root), "--size", "64", "--split", "val")
     assert "mean per-image foreground IoU" in text.stdout and "class-mean IoU" in text.stdout
 
@@ -81,3 +83,15 @@ def test_cli_eval_bad_input_exit_2(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no image/mask pairs" in proc.stderr
     proc = run_cli("eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path))
     assert proc.returncode == 2 and "missing.pt" in proc.stderr
+
+
+def test_contact_sheet_fits_each_picture_into_its_cell_in_rows():
+    cw, ch = SHEET_CELL
+    tall = np.full((80, 20, 3), 200, np.uint8)  # narrower than a cell: black bars left and right
+    wide = np.full((20, 80, 3), 100, np.uint8)  # wider: bars above and below
+    sheet = contact_sheet([(tall, "t"), (wide, "w")] * 4, columns=3)
+    assert sheet.shape == (3 * ch, 3 * cw, 3)
+    mid = ch // 2 + ch  # the second row, below the caption bar
+    assert (sheet[mid, cw // 2] == 100).all() and (sheet[2 * ch - 2, cw // 2] == 0).all()  # cell (1, 0): wide
+    assert (sheet[mid, cw + cw // 2] == 200).all() and (sheet[mid, cw + 2] == 0).all()  # (1, 1): tall
+    assert (sheet[2 * ch + ch // 2, 2 * cw + cw // 2] == 0).all()  # the ninth cell is empty

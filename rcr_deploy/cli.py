@@ -557,7 +557,8 @@ def eval_(
         pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
     if as_json:
         fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
-        print(json.dumps({**fields, "worst": [str(p) for p in pictures]}, indent=2))
+        sheet = str(worst[1] / "worst.png") if pictures else None
+        print(json.dumps({**fields, "worst": [str(p) for p in pictures], "worst_sheet": sheet}, indent=2))
         return
     framing = ", reframed: half size, shifted" if reframe else ""
     console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")

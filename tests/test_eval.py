@@ -69,7 +69,7 @@ def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     worst = sorted(rows, key=lambda r: float(r["fg_iou"]))[:2]
     pictures = sorted(p.name for p in (tmp_path / "worst").iterdir())
     assert pictures == [f"01-{worst[0]['stem']}.png", f"02-{worst[1]['stem']}.png", "worst.png"]
-    assert cv2.imread(str(tmp_path / "worst" / "worst.png")).shape == (SHEET_CELL[1], 2 * SHEET_CELL[0], 3)
+    assert cv2.imread(report["worst_sheet"]).shape == (SHEET_CELL[1], 2 * SHEET_CELL[0], 3)
     text = run_cli("eval", str(ckpt), "--data", str(root), "--size", "64", "--split", "val")
     assert "mean per-image foreground IoU" in text.stdout and "class-mean IoU" in text.stdout
 

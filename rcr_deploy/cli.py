@@ -545,7 +545,7 @@ def eval_(
     backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
-    from rcr_deploy.evaluate import evaluate, write_per_image_csv, write_worst
+    from rcr_deploy.evaluate import SHEET_NAME, evaluate, write_per_image_csv, write_worst
     from rcr_deploy.runtime import load_runner
 
     with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
@@ -555,10 +555,10 @@ def eval_(
         if per_image:
             write_per_image_csv(report, per_image)
         pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
+    sheet = worst[1] / SHEET_NAME if pictures else None
     if as_json:
         fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
-        sheet = str(worst[1] / "worst.png") if pictures else None
-        print(json.dumps({**fields, "worst": [str(p) for p in pictures], "worst_sheet": sheet}, indent=2))
+        print(json.dumps({**fields, "worst": [str(p) for p in pictures], "worst_sheet": sheet and str(sheet)}, indent=2))
         return
     framing = ", reframed: half size, shifted" if reframe else ""
     console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")
@@ -568,7 +568,7 @@ def eval_(
         console.print(f"  per-image scores: {per_image}")
     if pictures:
         console.print(
-            f"  {len(pictures)} worst images as overlays in {worst[1]}, side by side in {worst[1] / 'worst.png'} "
+            f"  {len(pictures)} worst images as overlays in {worst[1]}, side by side in {sheet} "
             "(green right, red false person, blue missed)"
         )
 

@@ -125,6 +125,7 @@ def _caption(img: np.ndarray, caption: str) -> np.ndarray:
 
 SHEET_CELL = (225, 300)  # width, height: EG1800's 3:4 frames, six across a page
 SHEET_MAX = 12
+SHEET_NAME = "worst.png"
 
 
 def contact_sheet(pictures: list[tuple[np.ndarray, str]], columns: int = 6) -> np.ndarray:
@@ -151,17 +152,8 @@ def write_worst(
     report: EvalReport, runner: Runner, k: int, out_dir: str | os.PathLike, split: str | os.PathLike | None = None
 ) -> list[Path]:
     """Overlay pictures of the k images with the lowest foreground IoU, worst first, and
-    `worst.png`, the first SHEET_MAX of them side by side."""
-    import cv2
-
-    from rcr_deploy.fileio import atomic_path
-
-    def write(path: Path, rgb: np.ndarray) -> None:
-        with atomic_path(path) as tmp:
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise OSError(f"{path}: OpenCV could not encode the picture as PNG")
-            tmp.write_bytes(buf.tobytes())
+    SHEET_NAME, the first SHEET_MAX of them side by side."""
+    from rcr_deploy.infer import write_png  # infer imports this module: a top-level import would cycle
 
     pairs = {p.stem: p for p in list_pairs(report.data, split)}
     written, cells = [], []
@@ -170,10 +162,10 @@ def write_worst(
         (prob,) = predict(runner, [rgb], report.size)
         tinted = overlay(rgb, prob, mask)
         path = Path(out_dir) / f"{rank:02d}-{score.stem}.png"
-        write(path, _caption(tinted, f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}, class IoU {score.class_iou:.3f}"))
+        write_png(path, _caption(tinted, f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}, class IoU {score.class_iou:.3f}"))
         written.append(path)
         if rank <= SHEET_MAX:
             cells.append((tinted, f"#{rank} {score.stem}: fg IoU {score.fg_iou:.3f}"))
     if cells:
-        write(Path(out_dir) / "worst.png", contact_sheet(cells))
+        write_png(Path(out_dir) / SHEET_NAME, contact_sheet(cells))
     return written

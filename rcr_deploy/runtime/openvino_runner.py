@@ -273,7 +273,8 @@ def _store(model: Any, xml: Path) -> None:
             os.replace(tmp, xml.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # OpenVINO's writer reports a full disk as RuntimeError
         if xml.is_file():  # another process cached it first
             return
-        print(f"note: cannot cache the converted model in {xml.parent} ({e.strerror}); set RCR_DEPLOY_CACHE to a writable folder", file=sys.stderr)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _last_line(e)
+        print(f"note: cannot cache the converted model in {xml.parent} ({reason}); set RCR_DEPLOY_CACHE to a writable folder", file=sys.stderr)

@@ -65,12 +65,12 @@ def serve_folder(folder: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
     """A headless Chromium (Debian's, through Playwright); yields the Browser."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(extra_args))
         try:
             yield browser
         finally:
@@ -124,28 +124,50 @@ def run(export_dir: Path, iters: int, max_seconds: float, threads: tuple[int, ..
             for f in (export_dir / ARTIFACT_NAMES[p], manifest_path(export_dir / ARTIFACT_NAMES[p])):
                 shutil.copyfile(f, site / f.name)
         shutil.copyfile(SAMPLE_IMAGE, site / SAMPLE_IMAGE.name)
-        targets: dict[str, dict[str, Any]] = {}
-        with serve_folder(site) as url, chromium() as browser, OnnxRuntimeRunner(export_dir / ARTIFACT_NAMES["fp32"], threads=max(threads)) as ort_runner:
-            x = np.full((1, ort_runner.in_channels, 224, 224), 0.1, np.float32)
-            calls = {f"onnxruntime (Python) fp32, {max(threads)} threads": timed_on_cpu(lambda: ort_runner.infer(x))}
-            pages = {}
-            for n in threads:
-                pages[f"onnxruntime-web wasm fp32, {n} thread(s)"] = (f"threads={n}", "model")
+        # name -> (threads, precision, page query or None for Python, what the page times)
+        rows: dict[str, tuple[int, str, str | None, str]] = {}
+        for n in threads:
+            rows[f"onnxruntime (Python) fp32, {n} thread(s)"] = (n, "fp32", None, "model")
+            rows[f"onnxruntime-web wasm fp32, {n} thread(s)"] = (n, "fp32", f"threads={n}", "model")
             for p in precisions:
-                pages[f"onnxruntime-web wasm {p}, {max(threads)} thread(s)"] = (f"threads={max(threads)}&model={ARTIFACT_NAMES[p]}", "model")
-            pages[f"page frame 512x512 (pre + model + post), fp32, {max(threads)} thread(s)"] = (
-                f"threads={max(threads)}&src={SAMPLE_IMAGE.name}", "frame")
-            info = {}
-            for name, (query, what) in pages.items():
-                page = open_page(browser, f"{url}index.html?bench&{query}")
-                info[name] = page.evaluate("window.rcrInfo")
-                calls[name] = _page_call(page, what)
+                rows[f"onnxruntime-web wasm {p}, {n} thread(s)"] = (n, p, f"threads={n}&model={ARTIFACT_NAMES[p]}", "model")
+            rows[f"page, whole 512x512 frame (pre + model + post), fp32, {n} thread(s)"] = (n, "fp32", f"threads={n}&src={SAMPLE_IMAGE.name}", "frame")
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(serve_folder(site))
+            browser = stack.enter_context(chromium())
+            calls, info = {}, {}
+            for name, (n, _, query, what) in rows.items():
+                if query is None:
+                    runner = stack.enter_context(OnnxRuntimeRunner(export_dir / ARTIFACT_NAMES["fp32"], threads=n))
+                    x = np.full((1, runner.in_channels, 224, 224), 0.1, np.float32)
+                    calls[name] = timed_on_cpu(lambda runner=runner, x=x: runner.infer(x))
+                else:
+                    page = open_page(browser, f"{url}index.html?bench&{query}")
+                    info[name] = page.evaluate("window.rcrInfo")
+                    calls[name] = _page_call(page, what)
             stats = time_interleaved(calls, batch=1, iters=iters, max_seconds=max_seconds)
             webgpu = webgpu_probe(browser, url)
-        reference = next(iter(stats.values())).p50_ms
-        for name, s in stats.items():
-            targets[name] = {**dataclasses.asdict(s), "vs_onnxruntime_python": s.p50_ms / reference, "page": info.get(name)}
+    targets = {}
+    for name, (n, _, _, _) in rows.items():
+        python = stats[f"onnxruntime (Python) fp32, {n} thread(s)"].p50_ms
+        web = stats[f"onnxruntime-web wasm fp32, {n} thread(s)"].p50_ms
+        p50 = stats[name].p50_ms
+        targets[name] = {**dataclasses.asdict(stats[name]), "vs_python_same_threads": p50 / python, "vs_web_fp32_same_threads": p50 / web, "page": info.get(name)}
     return {"targets": targets, "webgpu": webgpu, "machine": machine_info(max(threads)), "iters": iters, "size": 224}
+
+
+def screenshot(export_dir: Path, path: Path) -> None:
+    """A PNG of the exported page on the sample photograph, background blurred (for the docs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(shutil.copytree(export_dir / WEB_DIR, Path(tmp) / WEB_DIR))
+        shutil.copyfile(SAMPLE_IMAGE, site / SAMPLE_IMAGE.name)
+        with serve_folder(site) as url, chromium() as browser:
+            page = open_page(browser, f"{url}index.html?src={SAMPLE_IMAGE.name}")
+            page.set_viewport_size({"width": 1000, "height": 860})
+            box = page.locator("#out").bounding_box()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Down to the picture: the status line below it holds a cold first call's times.
+            page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": 1000, "height": box["y"] + box["height"] + 16})
 
 
 def to_markdown(report: dict[str, Any], command: str) -> str:
@@ -162,11 +184,14 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"cross-origin isolated: {page.get('crossOriginIsolated')}. Input 1x4x224x224, interleaved turns, "
         f"{report['iters']} calls per target; times measured inside the page with performance.now().",
         "",
-        "| target | p50 ms | mean ms | p90 ms | × ONNX Runtime (Python) p50 |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "Ratios are of p50 times, to the rows with the same thread count; lower is faster.",
+        "",
+        "| target | p50 ms | mean ms | p90 ms | × ONNX Runtime (Python) | × onnxruntime-web fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, t in report["targets"].items():
-        lines.append(f"| {name} | {t['p50_ms']:.2f} | {t['mean_ms']:.2f} | {t['p90_ms']:.2f} | {t['vs_onnxruntime_python']:.2f} |")
+        lines.append(f"| {name} | {t['p50_ms']:.2f} | {t['mean_ms']:.2f} | {t['p90_ms']:.2f} | "
+                     f"{t['vs_python_same_threads']:.2f} | {t['vs_web_fp32_same_threads']:.2f} |")
     lines += ["", f"WebGPU in this headless Chromium (`--disable-gpu`): {report['webgpu']}.", ""]
     return "\n".join(lines)
 
@@ -179,7 +204,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="WebAssembly thread counts to time")
     parser.add_argument("--md", type=Path)
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--screenshot", type=Path, help="only write a PNG of the page to this path (no timing)")
     args = parser.parse_args()
+    if args.screenshot:
+        screenshot(args.export_dir, args.screenshot)
+        return
     report = run(args.export_dir, args.iters, args.max_seconds, tuple(int(t) for t in args.threads.split(",")))
     command = "python -m rcr_deploy.benchmarks.web " + " ".join(sys.argv[1:])
     text = to_markdown(report, command)

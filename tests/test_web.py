@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -214,3 +215,47 @@ def test_page_refuses_a_model_that_is_not_its_manifests(browser, site):
     shutil.copyfile(root / f"{fp32}.json", root / "tampered.onnx.json")
     with pytest.raises(RuntimeError, match="sha256 .* is not the manifest's"):
         open_page(browser, f"{url}index.html?model=tampered.onnx")
+
+
+def test_page_camera_loop_runs_on_chromiums_fake_camera(site):
+    """The webcam path end to end on Chromium's synthetic camera (a moving test pattern): the page
+    asks for the camera, segments frame after frame as a stream and draws each composite."""
+    from rcr_deploy.benchmarks.web import chromium, open_page
+
+    if not Path("/usr/bin/chromium").is_file():
+        _missing("Debian's Chromium is not installed (apt-get install chromium)")
+    url, _, _ = site
+    with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")) as browser:
+        page = open_page(browser, f"{url}index.html?threads=2")
+        page.click("#camera")
+        for _ in range(3):  # three frames drawn, each reporting its own model time
+            before = page.text_content("#status")
+            page.wait_for_function(f"document.getElementById('status').textContent !== {json.dumps(before)}", timeout=120_000)
+        status = page.text_content("#status")
+        assert page.text_content("#camera") == "Stop camera" and "model" in status and "error" not in status, status
+        frame = re.search(r"(\d+)x(\d+): preprocess", status)
+        assert frame, status
+        canvas = page.evaluate("[document.getElementById('out').width, document.getElementById('out').height]")
+        assert canvas == [int(frame[1]), int(frame[2])]  # the composite is drawn at the camera's frame size
+
+
+def test_docs_embed_snippet_runs_as_written(web_export_dir, tmp_path):
+    """docs/targets/web.md's <script type="module"> snippet, in a page of its own beside the
+    folder (as web/), on Chromium's synthetic camera: it draws composited frames."""
+    from rcr_deploy.benchmarks.web import chromium, serve_folder
+
+    if not Path("/usr/bin/chromium").is_file():
+        _missing("Debian's Chromium is not installed (apt-get install chromium)")
+    doc = (REPO / "docs" / "targets" / "web.md").read_text()
+    snippet = re.search(r"## Embed it.*?```html\n(.*?)```", doc, re.S)[1]
+    shutil.copytree(web_export_dir / web_export.WEB_DIR, tmp_path / "web")
+    shutil.copyfile(tmp_path / "web" / "serve.py", tmp_path / "serve.py")
+    (tmp_path / "embed.html").write_text(f"<!doctype html><html><body>{snippet}</body></html>")
+    with serve_folder(tmp_path) as url, chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")) as browser:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}embed.html")
+        # A canvas starts 300 x 150; composite() gives it the camera frame's size (640 x 480).
+        page.wait_for_function("document.getElementById('out').width === 640", timeout=180_000)
+        assert not errors, errors

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import http.server
+import sys
 from pathlib import Path
 
 
@@ -29,13 +30,20 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A browser that closes a connection mid-file (a tab closed while loading) is no error of ours.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: this machine only)")
     args = parser.parse_args()
     handler = functools.partial(IsolatedHandler, directory=str(Path(__file__).resolve().parent))
-    with http.server.ThreadingHTTPServer((args.bind, args.port), handler) as server:
+    with Server((args.bind, args.port), handler) as server:
         print(f"http://{args.bind}:{server.server_address[1]}/", flush=True)
         server.serve_forever()
 

@@ -330,8 +330,12 @@ def serve(
 
     try:
         from rcr_deploy.serve import app as serve_app
-    except ImportError as e:
-        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendUnavailable(
+            f"Ray Serve cannot be imported ({type(e).__name__}: {reason}); "
+            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
+        ) from e
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(

@@ -289,6 +289,20 @@ def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):
             assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and reason in proc.stderr
 
 
+def test_ray_that_fails_to_import_is_one_line(tmp_path):
+    """A stand-in `ray` package that raises as protobuf's VersionError does (not an ImportError)
+    when tritonclient was installed after Ray: `serve` says so in one line, exit 2."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text(
+        "class VersionError(Exception):\n    pass\n"
+        "raise VersionError('Detected mismatched Protobuf Gencode/Runtime version suffixes\\nmore lines')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "serve"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "VersionError" in proc.stderr and "rcr-deploy[serve,triton]" in proc.stderr
+
+
 def test_sessions_are_forgotten_after_idle_timeout():
     service = SegmentService(None, session_idle_s=0.2)
     rgb = synthetic.sample_portrait(320, 240, seed=7)[0]

@@ -140,7 +140,9 @@ def browser():
         _missing("Debian's Chromium is not installed (apt-get install chromium)")
     from rcr_deploy.benchmarks.web import chromium
 
-    with chromium() as b:
+    # One browser for the module (Playwright's sync API runs one at a time), with Chromium's
+    # synthetic camera, which the camera tests use and the others never ask for.
+    with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")) as b:
         yield b
 
 
@@ -217,41 +219,37 @@ def test_page_refuses_a_model_that_is_not_its_manifests(browser, site):
         open_page(browser, f"{url}index.html?model=tampered.onnx")
 
 
-def test_page_camera_loop_runs_on_chromiums_fake_camera(site):
+def test_page_camera_loop_runs_on_chromiums_fake_camera(browser, site):
     """The webcam path end to end on Chromium's synthetic camera (a moving test pattern): the page
     asks for the camera, segments frame after frame as a stream and draws each composite."""
-    from rcr_deploy.benchmarks.web import chromium, open_page
+    from rcr_deploy.benchmarks.web import open_page
 
-    if not Path("/usr/bin/chromium").is_file():
-        _missing("Debian's Chromium is not installed (apt-get install chromium)")
     url, _, _ = site
-    with chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")) as browser:
-        page = open_page(browser, f"{url}index.html?threads=2")
-        page.click("#camera")
-        for _ in range(3):  # three frames drawn, each reporting its own model time
-            before = page.text_content("#status")
-            page.wait_for_function(f"document.getElementById('status').textContent !== {json.dumps(before)}", timeout=120_000)
-        status = page.text_content("#status")
-        assert page.text_content("#camera") == "Stop camera" and "model" in status and "error" not in status, status
-        frame = re.search(r"(\d+)x(\d+): preprocess", status)
-        assert frame, status
-        canvas = page.evaluate("[document.getElementById('out').width, document.getElementById('out').height]")
-        assert canvas == [int(frame[1]), int(frame[2])]  # the composite is drawn at the camera's frame size
+    page = open_page(browser, f"{url}index.html?threads=2")
+    page.click("#camera")
+    for _ in range(3):  # three frames drawn, each reporting its own model time
+        before = page.text_content("#status")
+        page.wait_for_function(f"document.getElementById('status').textContent !== {json.dumps(before)}", timeout=120_000)
+    status = page.text_content("#status")
+    assert page.text_content("#camera") == "Stop camera" and "model" in status and "error" not in status, status
+    frame = re.search(r"(\d+)x(\d+): preprocess", status)
+    assert frame, status
+    canvas = page.evaluate("[document.getElementById('out').width, document.getElementById('out').height]")
+    assert canvas == [int(frame[1]), int(frame[2])]  # the composite is drawn at the camera's frame size
+    page.close()
 
 
-def test_docs_embed_snippet_runs_as_written(web_export_dir, tmp_path):
+def test_docs_embed_snippet_runs_as_written(browser, web_export_dir, tmp_path):
     """docs/targets/web.md's <script type="module"> snippet, in a page of its own beside the
     folder (as web/), on Chromium's synthetic camera: it draws composited frames."""
-    from rcr_deploy.benchmarks.web import chromium, serve_folder
+    from rcr_deploy.benchmarks.web import serve_folder
 
-    if not Path("/usr/bin/chromium").is_file():
-        _missing("Debian's Chromium is not installed (apt-get install chromium)")
     doc = (REPO / "docs" / "targets" / "web.md").read_text()
     snippet = re.search(r"## Embed it.*?```html\n(.*?)```", doc, re.S)[1]
     shutil.copytree(web_export_dir / web_export.WEB_DIR, tmp_path / "web")
     shutil.copyfile(tmp_path / "web" / "serve.py", tmp_path / "serve.py")
     (tmp_path / "embed.html").write_text(f"<!doctype html><html><body>{snippet}</body></html>")
-    with serve_folder(tmp_path) as url, chromium(("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")) as browser:
+    with serve_folder(tmp_path) as url:
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -259,3 +257,4 @@ def test_docs_embed_snippet_runs_as_written(web_export_dir, tmp_path):
         # A canvas starts 300 x 150; composite() gives it the camera frame's size (640 x 480).
         page.wait_for_function("document.getElementById('out').width === 640", timeout=180_000)
         assert not errors, errors
+        page.close()

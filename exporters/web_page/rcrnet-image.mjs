@@ -39,54 +39,100 @@ function sourcePositions(src, dst) {
 
 const clamp = (v, lo, hi) => (v < lo ? lo : v > hi ? hi : v);
 
+/** The 4 cubic taps (clamped source indices) and float32 weights of each destination pixel. */
+function cubicTaps(src, dst) {
+  const { pos, frac } = sourcePositions(src, dst);
+  const index = new Int32Array(dst * 4), weight = new Float32Array(dst * 4);
+  for (let d = 0; d < dst; d++) {
+    weight.set(cubicWeights(frac[d]), d * 4);
+    for (let k = 0; k < 4; k++) index[d * 4 + k] = clamp(pos[d] - 1 + k, 0, src - 1);
+  }
+  return { index, weight };
+}
+
 /**
  * The frame letterboxed onto a grey square and resized with cv2.INTER_CUBIC to size x size.
  * `rgba`: Uint8ClampedArray of width * height * 4. Returns { rgb: Uint8Array(size*size*3), box }.
+ * OpenCV 5 resizes uint8 with float weights (4.x used 11-bit fixed point: 95 % of values equal,
+ * the rest one level off), rounding half to even at the end.
  */
 export function letterbox(rgba, width, height, size, padValue = 128) {
   const side = Math.max(width, height);
   const top = (side - height) >> 1;
   const left = (side - width) >> 1;
   const box = { width, height, side, top, left, size };
-  // The square's pixel (sy, sx): the frame where it lies, the pad value around it.
-  const sample = (sy, sx, c) => {
-    const y = sy - top, x = sx - left;
-    return y >= 0 && y < height && x >= 0 && x < width ? rgba[(y * width + x) * 4 + c] : padValue;
-  };
-  const xs = sourcePositions(side, size), ys = sourcePositions(side, size);
-  // OpenCV 5 resizes uint8 with float weights (4.x used 11-bit fixed point: 95 % of values equal, the rest 1 off).
-  const alpha = new Float32Array(size * 4), beta = new Float32Array(size * 4);
-  for (let d = 0; d < size; d++) {
-    alpha.set(cubicWeights(xs.frac[d]), d * 4);
-    beta.set(cubicWeights(ys.frac[d]), d * 4);
+  const xs = cubicTaps(side, size), ys = cubicTaps(side, size);
+  // Each tap's frame column (x4, for RGBA), or -1 where it falls on the padding.
+  const column = new Int32Array(size * 4);
+  for (let i = 0; i < size * 4; i++) {
+    const x = xs.index[i] - left;
+    column[i] = x >= 0 && x < width ? x * 4 : -1;
   }
-  // Horizontal pass, one source row at a time, kept for the (at most 4) output rows that need it.
+  const padRow = new Float64Array(size * 3);
+  for (let d = 0; d < size; d++) {
+    let w = 0;
+    for (let k = 0; k < 4; k++) w += xs.weight[d * 4 + k];
+    padRow.fill(padValue * w, d * 3, d * 3 + 3);
+  }
+  // Horizontal pass of one square row (memoised: neighbouring output rows share source rows).
   const rows = new Map();
   const hrow = (sy) => {
-    let row = rows.get(sy);
+    const y = sy - top;
+    if (y < 0 || y >= height) return padRow;
+    let row = rows.get(y);
     if (row) return row;
     row = new Float64Array(size * 3);
+    const base = y * width * 4;
     for (let d = 0; d < size; d++) {
-      for (let c = 0; c < 3; c++) {
-        let v = 0;
-        for (let k = 0; k < 4; k++) v += sample(sy, clamp(xs.pos[d] - 1 + k, 0, side - 1), c) * alpha[d * 4 + k];
-        row[d * 3 + c] = v;
+      let r = 0, g = 0, b = 0;
+      for (let k = 0; k < 4; k++) {
+        const c = column[d * 4 + k], w = xs.weight[d * 4 + k];
+        if (c < 0) {
+          r += padValue * w;
+          g += padValue * w;
+          b += padValue * w;
+        } else {
+          r += rgba[base + c] * w;
+          g += rgba[base + c + 1] * w;
+          b += rgba[base + c + 2] * w;
+        }
       }
+      row[d * 3] = r;
+      row[d * 3 + 1] = g;
+      row[d * 3 + 2] = b;
     }
-    rows.set(sy, row);
+    if (rows.size > 8) rows.delete(rows.keys().next().value);
+    rows.set(y, row);
     return row;
   };
   const rgb = new Uint8Array(size * size * 3);
   for (let dy = 0; dy < size; dy++) {
-    const src = [0, 1, 2, 3].map((k) => hrow(clamp(ys.pos[dy] - 1 + k, 0, side - 1)));
-    for (const key of rows.keys()) if (key < ys.pos[dy] - 1) rows.delete(key);
+    const s0 = hrow(ys.index[dy * 4]), s1 = hrow(ys.index[dy * 4 + 1]);
+    const s2 = hrow(ys.index[dy * 4 + 2]), s3 = hrow(ys.index[dy * 4 + 3]);
+    const b0 = ys.weight[dy * 4], b1 = ys.weight[dy * 4 + 1], b2 = ys.weight[dy * 4 + 2], b3 = ys.weight[dy * 4 + 3];
+    const out = dy * size * 3;
     for (let i = 0; i < size * 3; i++) {
-      let v = 0;
-      for (let k = 0; k < 4; k++) v += src[k][i] * beta[dy * 4 + k];
-      rgb[dy * size * 3 + i] = clamp(roundEven(v), 0, 255);
+      const v = roundEven(s0[i] * b0 + s1[i] * b1 + s2[i] * b2 + s3[i] * b3);
+      rgb[out + i] = v < 0 ? 0 : v > 255 ? 255 : v;
     }
   }
   return { rgb, box };
+}
+
+/** The 2 linear taps (clamped as cv2.INTER_LINEAR clamps) and float32 weights of each destination pixel. */
+function linearTaps(src, dst, from, count) {
+  const { pos, frac } = sourcePositions(src, dst);
+  const i0 = new Int32Array(count), i1 = new Int32Array(count), w0 = new Float32Array(count), w1 = new Float32Array(count);
+  for (let j = 0; j < count; j++) {
+    let s = pos[from + j], f = frac[from + j];
+    if (s < 0) (s = 0), (f = 0);
+    if (s >= src - 1) (s = src - 1), (f = 0);
+    i0[j] = s;
+    i1[j] = Math.min(s + 1, src - 1);
+    w0[j] = f32(1 - f);
+    w1[j] = f;
+  }
+  return { i0, i1, w0, w1 };
 }
 
 /**
@@ -94,21 +140,14 @@ export function letterbox(rgba, width, height, size, padValue = 128) {
  * rows [y0, y0 + outH) and columns [x0, x0 + outW) of a dstW x dstH result.
  */
 function resizeLinear(src, srcW, srcH, dstW, dstH, x0, y0, outW, outH) {
-  const xs = sourcePositions(srcW, dstW), ys = sourcePositions(srcH, dstH);
-  const taps = (p, i, n) => {
-    let s = p.pos[i], f = p.frac[i];
-    if (s < 0) (s = 0), (f = 0);
-    if (s >= n - 1) (s = n - 1), (f = 0);
-    return [s, Math.min(s + 1, n - 1), f32(1 - f), f];
-  };
-  const cols = Array.from({ length: outW }, (_, i) => taps(xs, x0 + i, srcW));
+  const xs = linearTaps(srcW, dstW, x0, outW), ys = linearTaps(srcH, dstH, y0, outH);
   const out = new Float32Array(outW * outH);
   for (let j = 0; j < outH; j++) {
-    const [r0, r1, b0, b1] = taps(ys, y0 + j, srcH);
+    const r0 = ys.i0[j] * srcW, r1 = ys.i1[j] * srcW, b0 = ys.w0[j], b1 = ys.w1[j];
     for (let i = 0; i < outW; i++) {
-      const [c0, c1, a0, a1] = cols[i];
-      const h0 = f32(f32(src[r0 * srcW + c0] * a0) + f32(src[r0 * srcW + c1] * a1));
-      const h1 = f32(f32(src[r1 * srcW + c0] * a0) + f32(src[r1 * srcW + c1] * a1));
+      const c0 = xs.i0[i], c1 = xs.i1[i], a0 = xs.w0[i], a1 = xs.w1[i];
+      const h0 = f32(f32(src[r0 + c0] * a0) + f32(src[r0 + c1] * a1));
+      const h1 = f32(f32(src[r1 + c0] * a0) + f32(src[r1 + c1] * a1));
       out[j * outW + i] = f32(f32(h0 * b0) + f32(h1 * b1));
     }
   }

@@ -33,6 +33,7 @@ import numpy as np
 from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path
 from rcr_deploy.benchmarks.machine import machine_info
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
+from rcr_deploy.demo import SAMPLE_IMAGE
 from rcr_deploy.errors import RcrError
 from rcr_deploy.exporters.web import WEB_DIR
 from rcr_deploy.fileio import write_text_atomic
@@ -47,7 +48,6 @@ CHROMIUM_ARGS = [
     "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
 ]  # fmt: skip
 PAGE_TIMEOUT_S = 300
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "rcr_deploy" / "assets" / "astronaut-eileen-collins.jpg"
 
 
 @contextlib.contextmanager

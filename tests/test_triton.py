@@ -91,9 +91,10 @@ def test_logic_only_tensorrt_and_openvino_configs(exported, tmp_path):
     profile = {"min": [1, 4, SIZE, SIZE], "opt": [1, 4, SIZE, SIZE], "max": [4, 4, SIZE, SIZE]}
     record = {"source": "rcrnet-fp16.onnx", "built_for": {"gpu": "stand-in"}, "profile": profile}
     write_manifest(engine, {**{k: v for k, v in manifest.items() if k != "artifact"}, "engine": record})
-    (out / "openvino").mkdir()
-    (out / "openvino" / "rcrnet.xml").write_text("<net/>")
-    (out / "openvino" / "rcrnet.bin").write_bytes(b"\0")
+    (out / "rcrnet.xml").write_text("<net/>")
+    (out / "rcrnet.bin").write_bytes(b"\0")
+    ir = {"source": {"file": "rcrnet.onnx"}, "weights": {"file": "rcrnet.bin"}}
+    write_manifest(out / "rcrnet.xml", {**{k: v for k, v in manifest.items() if k != "artifact"}, "openvino": ir})
     configs = triton.write_repository(out, tmp_path / "repo", {"fp16": engine}, max_batch=8)
     assert [c.parent.name for c in configs] == ["rcrnet", "rcrnet_fp16", "rcrnet_openvino", "rcrnet_tensorrt_fp16"]
     trt = parse(tmp_path / "repo" / "rcrnet_tensorrt_fp16" / "config.pbtxt")

@@ -190,7 +190,9 @@ def check_inputs(
     chosen_formats = parse_formats(formats)
     for name in chosen_formats[1:]:
         fmt = FORMATS[name]
-        if not installed(fmt):
+        if ":" in fmt.probe:
+            load(fmt.probe)()  # raises naming what is missing and how to get it
+        elif not installed(fmt):
             how = f"pip install 'rcr-deploy[{fmt.extra}]'" if fmt.extra else f"pip install {fmt.probe} (rcr-deploy's base install has it)"
             raise BackendUnavailable(f"--format {name}: {fmt.probe} is not installed; {how}, or drop {name} from --format")
     if calib_method not in prec.CALIB_METHODS:
@@ -332,7 +334,8 @@ def other_format(staged: Staged, summaries: list[dict[str, Any]], name: str) -> 
             with load_runner(path, hint="throughput") as runner:
                 return _scores(runner, plan)
 
-    made, checks = load(FORMATS[name].exporter)(staged.paths, FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure))
+    artifacts = {p: path for p, path in staged.paths.items() if p in FORMATS[name].precisions}
+    made, checks = load(FORMATS[name].exporter)(artifacts, FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure))
     summaries += checks
     return made
 
@@ -390,7 +393,8 @@ def export(
     )
     names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
     for name in plan.formats[1:]:
-        names += [f.name for p in plan.precisions for f in format_files(format_path(ARTIFACT_NAMES[p], name), name)]
+        names += list(dict.fromkeys(f.name for p in FORMATS[name].precisions if p in plan.precisions
+                                    for f in format_files(format_path(ARTIFACT_NAMES[p], name), name)))
     steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + len(plan.formats) - 1
     with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
         with _timed(plan, "reparameterize+verify", bar):

@@ -61,12 +61,16 @@ def manifest_path(artifact: str | os.PathLike) -> Path:
 
 def format_path(onnx_artifact: str | os.PathLike, fmt: str) -> Path:
     """An ONNX artifact's file in another format of the table (rcr_deploy.formats), beside it:
-    `rcrnet-int8.onnx`, "openvino" -> `rcrnet-int8.xml`."""
-    return Path(onnx_artifact).with_suffix(FORMATS[fmt].suffixes[0])
+    `rcrnet-int8.onnx`, "openvino" -> `rcrnet-int8.xml`; a folder format's folder beside it."""
+    row = FORMATS[fmt]
+    return Path(onnx_artifact).parent / row.folder if row.folder else Path(onnx_artifact).with_suffix(row.suffixes[0])
 
 
 def format_files(path: Path, fmt: str) -> list[Path]:
-    """Every file of one artifact in format `fmt`: one per suffix (an IR's `.xml` and `.bin`) and its manifest."""
+    """Every file of one artifact in format `fmt`: one per suffix (an IR's `.xml` and `.bin`) and its
+    manifest; a folder format's folder."""
+    if FORMATS[fmt].folder:
+        return [path]
     return [path.with_suffix(s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
 
 

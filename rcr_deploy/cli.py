@@ -127,8 +127,8 @@ BACKEND_HELP = (
 )
 EXPORTABLE = [f for f in FORMATS.values() if f.exporter]
 EXPORT_FORMAT_HELP = (
-    "Comma list of onnx, " + ", ".join(f"{f.name} ({f.title}: {' + '.join(f.suffixes)})" for f in EXPORTABLE)
-    + " of every precision; onnx is always written. Default: onnx and "
+    "Comma list of onnx, " + ", ".join(f"{f.name} ({f.title}: {f.folder + '/' if f.folder else ' + '.join(f.suffixes)})" for f in EXPORTABLE)
+    + "; onnx is always written. Default: onnx and "
     + (", ".join(f.name for f in EXPORTABLE if f.default) or "nothing else") + " where installed."
 )
 BENCH_BACKEND_HELP = (
@@ -682,9 +682,11 @@ def export_cmd(
         console.print(acc)
     for name, files in result.formats.items():
         for p, path in files.items():
-            v = stages[f"{name}-{p}"]
-            agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
-            console.print(f"{FORMATS[name].title} ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
+            v = stages.get(f"{name}-{p}")
+            agreement = "-" if v is None or v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
+            checked = f" (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})" if v else ""
+            usage = f" ({FORMATS[name].usage.format(path=path)})" if FORMATS[name].usage else ""
+            console.print(f"{FORMATS[name].title} ({p}): {path}{checked}{usage}")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
     console.print(

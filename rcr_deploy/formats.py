@@ -49,6 +49,7 @@ class Format:
     title: str
     #: Its files, beside the ONNX artifact they come from: `rcrnet-int8.onnx` -> `rcrnet-int8<suffix>`.
     #: The first one is the file a user passes (and the manifest's `<file>.json` sits beside).
+    #: Empty for a format that is one folder of the export set (`folder`).
     suffixes: tuple[str, ...]
     precisions: tuple[str, ...]
     #: The runtime that runs it: the `--backend` name, the bench target family and report label.
@@ -60,9 +61,10 @@ class Format:
     exporter: str | None
     #: `module:function` that opens one file as a Runner; None where it cannot run here.
     runner: str | None
-    #: The setup.cfg extra that installs it; None where the base install has it.
+    #: The setup.cfg extra that installs it; None where the base install has it (or it is not a Python package).
     extra: str | None
-    #: A module whose presence means it is installed (checked with importlib, without importing it).
+    #: How to tell that it is installed: a Python module whose presence means so (found with
+    #: importlib, not imported), or `module:function` that finds it and raises `RcrError` naming the fix.
     probe: str
     triton: Triton | None = None
     #: A plain `export` (no --format) writes it wherever it is installed.
@@ -76,6 +78,10 @@ class Format:
     #: `module:function` running a checkpoint's deploy form on this runtime, called as
     #: ``function(path, deploy_model, hint=..., threads=...)``; for `--backend <backend>` with a `.pt`.
     checkpoint_runner: str | None = None
+    #: A format that is one folder of the export set, not a file per precision: the folder's name.
+    folder: str | None = None
+    #: What a user does with the written file, shown after `export` (`{path}` is the file).
+    usage: str = ""
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -130,6 +136,23 @@ FORMATS: dict[str, Format] = {
             bench=False,
             manifest="engine",
         ),
+        Format(
+            name="web",
+            title="browser folder",
+            suffixes=(),
+            # FP32 only: on onnxruntime-web's WebAssembly backend neither INT8 nor FP16 is faster
+            # (benchmarks/results/web-wasm.md).
+            precisions=("fp32",),
+            backend="onnxruntime-web",
+            devices=(),  # it runs in a browser: tests/test_web.py checks it in headless Chromium
+            exporter="rcr_deploy.exporters.web:export_format",
+            runner=None,
+            extra=None,
+            probe="rcr_deploy.exporters.web:find_ort_web",  # an npm package, not a Python one
+            bench=False,
+            folder="web",
+            usage="serve it with 'python {path}/serve.py', then open the URL it prints",
+        ),
     )
 }
 
@@ -151,7 +174,7 @@ def backends() -> tuple[str, ...]:
 
 def by_suffix(suffix: str) -> Format | None:
     """The format whose files a user passes end in `suffix` (".xml"), or None."""
-    return next((f for f in FORMATS.values() if f.suffixes[0] == suffix), None)
+    return next((f for f in FORMATS.values() if f.suffixes and f.suffixes[0] == suffix), None)
 
 
 def by_backend(backend: str) -> Format | None:
@@ -165,8 +188,14 @@ def bench_targets(fmt: Format) -> tuple[str, ...]:
 
 
 def installed(fmt: Format) -> bool:
-    """Whether `fmt`'s runtime is installed (its probe module is found; nothing is imported)."""
-    return importlib.util.find_spec(fmt.probe) is not None
+    """Whether `fmt`'s runtime is installed (its probe finds it)."""
+    if ":" not in fmt.probe:
+        return importlib.util.find_spec(fmt.probe) is not None
+    try:
+        load(fmt.probe)()
+    except Exception:  # the probe's own RcrError says why; here only the answer matters
+        return False
+    return True
 
 
 def load(entry: str) -> Any:

@@ -8,6 +8,9 @@
                                        the format table (rcr_deploy.formats): rcrnet_openvino/1/model.xml|bin
     DIR/rcrnet_tensorrt_<p>/1/model.plan  + config (platform tensorrt_plan), per engine built
 
+Every file is taken from the export folder's current set by its own name (`rcrnet-fp16.xml`
+for FP16), never found by searching: the folder also keeps an older set under `.versions/`.
+
 Every config.pbtxt is checked against Triton's own protobuf schema in the tests; the server
 itself is not run by this project (it ships in NVIDIA's containers). Triton takes the model's
 NCHW input: a client letterboxes and normalises as the manifest says (docs/serving.md).

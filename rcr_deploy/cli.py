@@ -338,6 +338,8 @@ def serve(
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
+    max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches; more get HTTP 503 with Retry-After at once."),
+    request_timeout_s: float = typer.Option(serve_limits.REQUEST_TIMEOUT_S, min=0.1, help="A request not answered within this many seconds gets HTTP 408."),
 ) -> None:
     """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
     import time
@@ -346,13 +348,18 @@ def serve(
 
     try:
         from rcr_deploy.serve import app as serve_app
-    except ImportError as e:
-        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendUnavailable(
+            f"Ray Serve cannot be imported ({type(e).__name__}: {reason}); "
+            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
+        ) from e
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
             model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
             threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels, backend=backend,
+            max_queued=max_queued, request_timeout_s=request_timeout_s,
         )
         console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
         _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does

@@ -7,7 +7,7 @@ the INT8 Q/DQ artifact, it ran as fast or faster and agreed better with FP32 (do
 Each IR is validated against the ONNX artifact it was made from (FP32 for the INT8 IR).
 
 Every IR carries the ONNX artifact's manifest plus an `openvino` record (source, weights file,
-versions) and its own validation, in its rt_info (`RT_INFO_KEY`) and in the `<name>.xml.json` sidecar.
+versions) and its own validation, in its rt_info (`artifact.IR_RT_INFO_KEY`) and in the `<name>.xml.json` sidecar.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ir_path, read_manifest, write_manifest
+from rcr_deploy.artifact import IR_RT_INFO_KEY, format_path, read_manifest, write_manifest
 from rcr_deploy.errors import ExportError, VerificationError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.reparam import Tolerance
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner, require_openvino
+from rcr_deploy.runtime.openvino_runner import OpenVINORunner, require_openvino
 
+from rcr_deploy.exporters import FormatJob
 from rcr_deploy.exporters import onnx as onnx_export
 
 #: IR (OpenVINO, f32 inference precision) against its source ONNX on ONNX Runtime, as in
@@ -96,7 +97,7 @@ def export_ir(
     tolerance."""
     ov = require_openvino()
     source = source or artifact
-    xml = ir_path(artifact)
+    xml = format_path(artifact, "openvino")
     try:
         model = ov.convert_model(str(source))
     except Exception as e:  # OpenVINO's frontends raise several types; one line is what the user needs
@@ -126,7 +127,7 @@ def export_ir(
         "runtime_hints": "rcr-deploy sets PERFORMANCE_HINT (LATENCY for one image or video, THROUGHPUT for "
         "folders and batches) and INFERENCE_PRECISION_HINT f32 (bf16 only when asked)",
     }
-    model.set_rt_info(json.dumps(record), RT_INFO_KEY)
+    model.set_rt_info(json.dumps(record), list(IR_RT_INFO_KEY))
     ov.save_model(model, str(xml), compress_to_fp16=False)
     write_manifest(xml, record)
     return xml, summary
@@ -144,21 +145,18 @@ def _own_row(accuracy: dict[str, Any], precision: str, scores: dict[str, Any] | 
     return {**accuracy, "rows": rows}
 
 
-def export_irs(
-    artifacts: dict[str, Path],
-    inputs: dict[str, np.ndarray],
-    calib: np.ndarray | None = None,
-    progress: bool = True,
-    measure: Callable[[Path], dict[str, Any]] | None = None,
-) -> tuple[dict[str, Path], list[dict[str, Any]]]:
-    """`export_ir` for every precision's ONNX artifact, the INT8 one by NNCF from the FP32 one on
-    `calib` (preprocessed calibration images); returns precision -> `.xml` and the summaries.
-    `measure` (an IR -> its mIoU row) scores the NNCF IR, which is not its ONNX artifact's model."""
+def export_format(artifacts: dict[str, Path], job: FormatJob) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """The format table's exporter entry (rcr_deploy.formats): `export_ir` for every precision's
+    ONNX artifact, the INT8 one by NNCF from the FP32 one on `job.calib`; returns precision -> `.xml`
+    and the validation summaries. `job.measure` scores the NNCF IR, which is not its ONNX
+    artifact's model."""
     irs, summaries = {}, []
-    for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not progress, leave=False):
+    for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not job.progress, leave=False):
         if precision == "int8":
-            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress, measure=measure)
+            irs[precision], summary = export_ir(
+                artifact, job.inputs, source=artifacts["fp32"], calib=job.calib, progress=job.progress, measure=job.measure
+            )
         else:
-            irs[precision], summary = export_ir(artifact, inputs)
+            irs[precision], summary = export_ir(artifact, job.inputs)
         summaries.append(summary)
     return irs, summaries

@@ -68,6 +68,21 @@ def test_schema_is_valid_and_our_manifest_satisfies_it(tmp_path):
     assert "never crop" in resize["order"]
 
 
+def test_read_manifest_of_an_ir_without_its_sidecar_reads_its_rt_info(tmp_path):
+    """One reader for every format: an OpenVINO IR's embedded copy is read from its XML, as
+    `exporters.openvino` writes it, without OpenVINO."""
+    from xml.sax.saxutils import quoteattr
+
+    record = _record("fp32")
+    xml = tmp_path / "rcrnet.xml"
+    xml.write_text(f'<?xml version="1.0"?>\n<net name="m" version="11"><layers/><rt_info><rcr_deploy>'
+                   f"<manifest value={quoteattr(json.dumps(record))} /></rcr_deploy></rt_info></net>\n")  # fmt: skip
+    assert read_manifest(xml) == record
+    xml.write_text('<net name="m"><layers/>')
+    with pytest.raises(ManifestError, match="rcrnet.xml: not a readable OpenVINO IR"):
+        read_manifest(xml)
+
+
 def test_read_manifest_sidecar_then_embedded_copy(tmp_path):
     artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
     sidecar = read_manifest(artifact)
@@ -266,5 +281,5 @@ def test_load_runner_honours_the_device_or_refuses_in_one_line(tmp_path):
             load_runner(tmp_path, device="cuda")
     engine = tmp_path / "rcrnet.engine"
     engine.write_bytes(b"engine")
-    with pytest.raises(RcrError, match="runs on a CUDA GPU only; pass --device cuda"):
+    with pytest.raises(RcrError, match="a TensorRT engine runs on cuda only; pass --device cuda"):
         load_runner(engine, device="cpu")

@@ -11,7 +11,7 @@
 onnxruntime-web is an npm package, never downloaded here: it is copied from an installed one, found
 by `find_ort_web`. The page is verified in headless Chromium against `rcr-deploy infer` by
 tests/test_web.py; FP32 only, since on its WebAssembly backend neither the INT8 nor the FP16
-artifact is faster (benchmarks/results/web-wasm.md).
+artifact is faster (benchmarks/results/web-wasm-cpu-2core.md).
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ FORMATS: dict[str, Format] = {
             title="browser folder",
             suffixes=(),
             # FP32 only: on onnxruntime-web's WebAssembly backend neither INT8 nor FP16 is faster
-            # (benchmarks/results/web-wasm.md).
+            # (benchmarks/results/web-wasm-cpu-2core.md).
             precisions=("fp32",),
             backend="onnxruntime-web",
             devices=(),  # it runs in a browser: tests/test_web.py checks it in headless Chromium

@@ -29,7 +29,9 @@ from rcr_deploy.infer import Segmenter
 from rcr_deploy.postprocess import THRESHOLD
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-pytestmark = pytest.mark.slow  # exports the browser folder and drives Chromium
+#: The tests that export the browser folder or drive Chromium (about 2 minutes in all); the bad-input
+#: and image-maths tests stay in the fast tier.
+slow = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 EG1800_IMAGES = REPO.parent / "shared" / "data" / "eg1800" / "images"
@@ -65,6 +67,7 @@ def web_export_dir(tmp_path_factory, ort_web) -> Path:
     return out
 
 
+@slow
 def test_web_folder_holds_the_validated_artifact_page_and_runtime(web_export_dir, ort_web):
     web = web_export_dir / web_export.WEB_DIR
     fp32 = web_export_dir / ARTIFACT_NAMES["fp32"]
@@ -170,6 +173,7 @@ def _page_mask(browser, url: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(result["mask"]), np.uint8).reshape(result["height"], result["width"])
 
 
+@slow
 def test_page_mask_equals_infer_on_photographs(browser, site, web_export_dir, tmp_path):
     """The page (2 WebAssembly threads, cross-origin isolated) on real photographs gives the mask
     that `rcr-deploy infer --save mask` writes for the same files, on >= 99.5 % of pixels."""
@@ -191,6 +195,7 @@ def test_page_mask_equals_infer_on_photographs(browser, site, web_export_dir, tm
         assert 0.05 < expected.mean() < 0.95, image.name  # a portrait: neither mask is trivially empty or full
 
 
+@slow
 def test_page_stream_feeds_the_previous_mask_as_prior(browser, site, web_export_dir):
     """Three frames of one photo as a stream: each mask is the next frame's prior, as in infer's video loop."""
     url, _, images = site
@@ -207,6 +212,7 @@ def test_page_stream_feeds_the_previous_mask_as_prior(browser, site, web_export_
     assert (page_mask == mask).mean() > (page_mask == still).mean()  # closer to the stream than to the still
 
 
+@slow
 def test_page_refuses_a_model_that_is_not_its_manifests(browser, site):
     """Bytes whose sha256 is not the manifest's never reach onnxruntime-web."""
     from rcr_deploy.benchmarks.web import open_page
@@ -221,6 +227,7 @@ def test_page_refuses_a_model_that_is_not_its_manifests(browser, site):
         open_page(browser, f"{url}index.html?model=tampered.onnx")
 
 
+@slow
 def test_page_camera_loop_runs_on_chromiums_fake_camera(browser, site):
     """The webcam path end to end on Chromium's synthetic camera (a moving test pattern): the page
     asks for the camera, segments frame after frame as a stream and draws each composite."""
@@ -241,6 +248,7 @@ def test_page_camera_loop_runs_on_chromiums_fake_camera(browser, site):
     page.close()
 
 
+@slow
 def test_docs_embed_snippet_runs_as_written(browser, web_export_dir, tmp_path):
     """docs/targets/web.md's <script type="module"> snippet, in a page of its own beside the
     folder (as web/), on Chromium's synthetic camera: it draws composited frames."""

@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from rcr_deploy.errors import BackendUnavailable
 from rcr_deploy.metrics import IoUMeter
+from rcr_deploy.data.augment import reframe as reframed
+from rcr_deploy.data.folder import list_pairs, load_pair
 
 MODEL_FILE = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
 SIZE = 256
@@ -81,9 +83,6 @@ def fg_miou(
 ) -> tuple[float, int]:
     """Mean per-image foreground IoU (%) of the peer on `data`'s split (or its reframed version,
     keyed as `evaluate` keys it), and the image count."""
-    from rcr_deploy.data.augment import reframe as reframed
-    from rcr_deploy.data.folder import list_pairs, load_pair
-
     meter = IoUMeter()
     for i, pair in enumerate(tqdm(list_pairs(data, split)[:limit], desc="eval mediapipe", unit="img", leave=False)):
         rgb, mask = reframed(*load_pair(pair), i) if reframe else load_pair(pair)

@@ -5,7 +5,11 @@
     DIR/rcrnet/manifest.json           the artifact's manifest: preprocessing a client must do
     DIR/rcrnet_fp16/..., rcrnet_int8/  the other ONNX precisions that were exported
     DIR/rcrnet_tensorrt_<p>/1/model.plan  + config (platform tensorrt_plan), per engine built
-    DIR/rcrnet_openvino/1/model.xml|bin   + config (backend openvino), when an OpenVINO IR exists
+    DIR/rcrnet_openvino/1/model.xml|bin   + config (backend openvino): the FP32 IR, when exported
+    DIR/rcrnet_openvino_fp16/, ..._int8/  the IR of each other precision that was exported
+
+Every file is taken from the export folder's current set by its own name (`rcrnet-fp16.xml`
+for FP16), never found by searching: the folder also keeps an older set under `.versions/`.
 
 Every config.pbtxt is checked against Triton's own protobuf schema in the tests; the server
 itself is not run by this project (it ships in NVIDIA's containers). Triton takes the model's
@@ -21,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import write_text_atomic
 
@@ -75,12 +79,10 @@ def _model(repo: Path, name: str, files: dict[str, Path], manifest: dict[str, An
     (repo / name / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def openvino_ir(export_dir: Path) -> Path | None:
-    """The OpenVINO IR (.xml with its .bin) in an export folder, if the export wrote one."""
-    for xml in sorted(export_dir.rglob("*.xml")):
-        if xml.with_suffix(".bin").is_file():
-            return xml
-    return None
+def openvino_irs(export_dir: Path) -> dict[str, Path]:
+    """precision -> the OpenVINO IR (.xml with its .bin) of the export folder's current set."""
+    irs = {p: export_dir / ir_path(name) for p, name in ARTIFACT_NAMES.items()}
+    return {p: xml for p, xml in irs.items() if xml.is_file() and xml.with_suffix(".bin").is_file()}
 
 
 def check_target(repo: str | os.PathLike, force: bool) -> None:
@@ -116,10 +118,9 @@ def write_repository(
             name = f"{MODEL_NAME}_tensorrt_{precision}"
             config = model_config(name, manifest, min(max_batch, limit), 'platform: "tensorrt_plan"', "KIND_GPU", instances)
             _model(staging, name, {"model.plan": engine}, manifest, config)
-        xml = openvino_ir(export_dir)
-        if xml is not None:
-            manifest = read_manifest(export_dir / ARTIFACT_NAMES["fp32"])
-            name = f"{MODEL_NAME}_openvino"
+        for precision, xml in openvino_irs(export_dir).items():
+            manifest = read_manifest(xml)
+            name = f"{MODEL_NAME}_openvino" + ("" if precision == "fp32" else f"_{precision}")
             config = model_config(name, manifest, max_batch, 'backend: "openvino"', instances=instances, parameters={"PERFORMANCE_HINT": "THROUGHPUT"})
             _model(staging, name, {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}, manifest, config)
         write_text_atomic(staging / "README.txt", f"Triton model repository written by rcr-deploy from {export_dir.resolve()}; see docs/serving.md.\n")

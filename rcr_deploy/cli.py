@@ -320,6 +320,8 @@ def serve(
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
+    max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches; more get HTTP 503 with Retry-After at once."),
+    request_timeout_s: float = typer.Option(serve_limits.REQUEST_TIMEOUT_S, min=0.1, help="A request not answered within this many seconds gets HTTP 408."),
 ) -> None:
     """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
     import time
@@ -328,13 +330,18 @@ def serve(
 
     try:
         from rcr_deploy.serve import app as serve_app
-    except ImportError as e:
-        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendUnavailable(
+            f"Ray Serve cannot be imported ({type(e).__name__}: {reason}); "
+            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
+        ) from e
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
             model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
             threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels, backend=backend,
+            max_queued=max_queued, request_timeout_s=request_timeout_s,
         )
         console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
         _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
@@ -606,7 +613,8 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
     format: Optional[str] = typer.Option(
-        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written); default: both where OpenVINO is installed."
+        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision), web (a static page + ES module on "
+        "onnxruntime-web, from an installed npm package); onnx is always written; default: onnx and openvino where OpenVINO is installed."
     ),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile.", callback=COUNT),
@@ -674,6 +682,8 @@ def export_cmd(
         console.print(f"OpenVINO IR ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
+    if result.web is not None:
+        console.print(f"browser folder: {result.web} (serve it with 'python {result.web / 'serve.py'}', then open the URL it prints)")
     console.print(
         f"[green]exported[/] to {result.out_dir.resolve()} in {sum(result.timings.values()):.1f} s "
         f"(torch->ONNX {result.timings['export-onnx']:.1f} s); each artifact's manifest is <artifact>.json"

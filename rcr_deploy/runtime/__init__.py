@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -33,6 +33,9 @@ class Runner(abc.ABC):
     manifest: dict[str, Any] | None = None
     #: False once `close()` has released the backend.
     active: bool = True
+    #: Model compilations since load: an engine that compiles one copy per input shape (OpenVINO's
+    #: static shapes) counts each; engines that compile nothing stay at 0.
+    compiles: int = 0
 
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -40,6 +43,12 @@ class Runner(abc.ABC):
 
     def prepare(self) -> None:
         """Do the slow part of loading now (a first conversion), not in the first `infer`."""
+
+    def warm_up(self, shapes: Iterable[tuple[int, ...]]) -> None:
+        """Make each input shape ready now (compiled, buffers allocated) by running it once on
+        zeros, so that no later call with one of these shapes waits on a compilation."""
+        for shape in shapes:
+            self.infer(np.zeros(shape, np.float32))
 
     def _release(self) -> None:
         """Drop the backend's resources (sessions, contexts, device buffers)."""

@@ -32,13 +32,13 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.artifact import MANIFEST_METADATA_KEY, read_manifest, write_manifest
+from rcr_deploy.artifact import MANIFEST_METADATA_KEY, format_path, read_manifest, write_manifest
 from rcr_deploy.checkpoint import load_checkpoint
 from rcr_deploy.errors import BackendUnavailable, ExportError, RcrError, VerificationError
 from rcr_deploy.fileio import atomic_path, sha256_file
@@ -46,13 +46,10 @@ from rcr_deploy.reparam import Tolerance, reparameterize
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.tflite_runner import INSTALL, TFLiteRunner
 
+from rcr_deploy.exporters import FormatJob
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters.rewrite import rewrite, verify_rewrite
 
-if TYPE_CHECKING:
-    from rcr_deploy.exporters import FormatJob
-
-SUFFIX = ".tflite"
 #: Each file against the FP32 ONNX artifact: pass when max|a-b| <= atol + rtol * max|reference| and
 #: at least the fraction of real-image pixels get the same class. fp32 differs only in kernel
 #: order (measured 1e-5 at 224); fp16 weights as the ONNX FP16; int8 as the ONNX INT8 (its logit
@@ -253,7 +250,7 @@ def export_format(artifacts: dict[str, Path], job: FormatJob) -> tuple[dict[str,
                 fp32_bytes = fp32_bytes or convert_fp32(phone, job.size)
                 flatbuffer = fp32_bytes if precision == "fp32" else to_fp16_weights(fp32_bytes)
                 quantization = None if precision == "fp32" else "float16 weights (ai-edge-quantizer FLOAT_CASTING), float32 compute"
-            path = artifact.with_suffix(SUFFIX)
+            path = format_path(artifact, "tflite")
             _write(path, flatbuffer)
             check = _validated(path, reference, job.inputs, precision)
             probe = next(iter(job.inputs.values()))[:1]

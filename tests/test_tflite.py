@@ -4,8 +4,8 @@ by the LiteRT runner. Needs the `tflite` extra (in `dev`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -29,8 +29,8 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def phone(tmp_path_factory) -> dict:
-    """The built-in model's ONNX artifacts at 96x96 (INT8 calibrated on 8 EG1800 training photos),
-    then its .tflite files made beside copies of them."""
+    """`export --format tflite --precision fp32,fp16,int8` of the built-in model at 96x96, INT8
+    calibrated on 8 EG1800 training photos."""
     if not (EG1800 / "images").is_dir():
         pytest.skip("../shared/data/eg1800 is not beside this checkout")
     root = tmp_path_factory.mktemp("tflite")
@@ -38,19 +38,13 @@ def phone(tmp_path_factory) -> dict:
     calib.mkdir()
     for pair in list_pairs(EG1800, "train")[:8]:
         shutil.copy(pair.image, calib / pair.image.name)
-    export(None, root / "out", "fp32,fp16,int8", calib=calib, size=SIZE, progress=False)
-    work = root / "work"
-    work.mkdir()
-    artifacts = {}
-    for p, name in ARTIFACT_NAMES.items():
-        for f in (name, name + ".json"):
-            shutil.copy(root / "out" / f, work / f)
-        artifacts[p] = work / name
+    out = root / "out"
+    result = export(None, out, "fp32,fp16,int8", calib=calib, size=SIZE, progress=False, formats="onnx,tflite")
     images = sorted(calib.iterdir())
     inputs = onnx_export.validation_inputs(4, (SIZE, SIZE), prec.load_batch(images[:4], (SIZE, SIZE), 4))
-    job = types.SimpleNamespace(inputs=inputs, calib=prec.load_batch(images, (SIZE, SIZE), 4), size=SIZE, progress=False, measure=None)
-    files, summaries = tflite.export_format(artifacts, job)
-    return {"files": files, "summaries": summaries, "artifacts": artifacts, "inputs": inputs}
+    summaries = [s for s in result.validation if s["stage"].startswith(("tflite", "phone"))]
+    artifacts = {p: out / name for p, name in ARTIFACT_NAMES.items()}
+    return {"files": result.formats["tflite"], "summaries": summaries, "artifacts": artifacts, "inputs": inputs}
 
 
 def test_every_precision_is_written_validated_and_preceded_by_the_rewrite_check(phone: dict) -> None:
@@ -73,7 +67,7 @@ def test_files_are_nhwc_with_the_prior_channel_and_int8_is_full_integer(phone: d
     assert phone["files"]["fp16"].stat().st_size < 0.6 * phone["files"]["fp32"].stat().st_size
 
 
-def test_the_manifest_is_in_the_file_and_beside_it(phone: dict) -> None:
+def test_the_manifest_is_in_the_file_and_beside_it(phone: dict, tmp_path) -> None:
     for precision, path in phone["files"].items():
         sidecar = read_manifest(path)
         embedded = embedded_manifest(path)
@@ -86,7 +80,7 @@ def test_the_manifest_is_in_the_file_and_beside_it(phone: dict) -> None:
         quant = embedded["tflite"]["io_quantization"]
         assert (quant["input"] is not None) == (precision == "int8")
     # Without its sidecar the runner still knows the file (the embedded copy).
-    lone = phone["files"]["fp32"].parent / "lone.tflite"
+    lone = tmp_path / "lone.tflite"
     shutil.copy(phone["files"]["fp32"], lone)
     with TFLiteRunner(lone) as runner:
         assert runner.manifest["input"]["layout"] == "NHWC"
@@ -108,3 +102,20 @@ def test_the_validation_gate_bites(phone: dict) -> None:
 
     with OnnxRuntimeRunner(phone["artifacts"]["fp32"]) as reference, pytest.raises(VerificationError, match="beyond tolerance"):
         tflite._validated(phone["files"]["int8"], reference, phone["inputs"], "fp32")
+
+
+def test_eval_and_infer_take_a_tflite_like_any_artifact(phone: dict, cli, tmp_path) -> None:
+    """The format table routes a .tflite to the LiteRT runner: eval reads its size from the manifest."""
+    val = tmp_path / "val"
+    for sub in ("images", "masks"):
+        (val / sub).mkdir(parents=True)
+    for pair in list_pairs(EG1800, "val")[:3]:
+        shutil.copy(pair.image, val / "images" / pair.image.name)
+        shutil.copy(pair.mask, val / "masks" / pair.mask.name)
+    result = cli("eval", phone["files"]["int8"], "--data", val, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["model"] == "litert:rcrnet-int8.tflite" and report["n_images"] == 3 and report["size"] == SIZE
+    result = cli("infer", EG1800 / "images" / list_pairs(EG1800, "val")[0].image.name, "--model", phone["files"]["fp32"], "--out", tmp_path / "masks")
+    assert result.code == 0, result.err
+    assert list((tmp_path / "masks").iterdir())

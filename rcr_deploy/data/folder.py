@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rcr_deploy.errors import DataError
-from rcr_deploy.preprocess import IMAGE_EXTENSIONS, open_image
+from rcr_deploy.preprocess import IMAGE_EXTENSIONS, load_image, open_image
 
 #: The fixed validation rule: sort the ids; every 10th one (index % 10 == 0) is validation.
 VAL_EVERY = 10
@@ -120,8 +120,6 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """An image (HxWx3 uint8 RGB) and its 0/1 mask, checked to be the same size."""
-    from rcr_deploy.preprocess import load_image
-
     rgb, mask = load_image(pair.image), load_mask(pair.mask)
     if rgb.shape[:2] != mask.shape:
         raise DataError(

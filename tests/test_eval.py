@@ -49,6 +49,7 @@ def test_foreground_prob_is_softmax_of_class_1():
     assert foreground_prob(logits)[0, 0, 0] == pytest.approx(0.75)
 
 
+@pytest.mark.slow  # a real eval in a fresh interpreter, worst pictures drawn
 def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     root = write_dataset(tmp_path / "d", n=4)
     ckpt = tmp_path / "m.pt"
@@ -90,3 +91,24 @@ def test_contact_sheet_fits_each_picture_into_its_cell_in_rows():
     assert (sheet[mid, cw // 2] == 100).all() and (sheet[2 * ch - 2, cw // 2] == 0).all()  # cell (1, 0): wide
     assert (sheet[mid, cw + cw // 2] == 200).all() and (sheet[mid, cw + 2] == 0).all()  # (1, 1): tall
     assert (sheet[2 * ch + ch // 2, 2 * cw + cw // 2] == 0).all()  # the ninth cell is empty
+
+
+def test_cli_eval_several_datasets_in_one_table(tmp_path):
+    a, b = write_dataset(tmp_path / "selfies", n=3), write_dataset(tmp_path / "bodies", n=2, h=64, w=32)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
+    args = ["eval", str(ckpt), "--data", str(a), "--data", str(b), "--size", "64", "--no-peer"]
+    proc = run_cli(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    assert [(r["name"], r["n_images"]) for r in rows] == [("selfies", 3), ("bodies", 2)]
+    per_image = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [(r["data"], r["stem"]) for r in per_image] == [("selfies", "00000"), ("selfies", "00001"), ("selfies", "00002"), ("bodies", "00000"), ("bodies", "00001")]
+    for row in rows:  # each row is that dataset alone, scored as a one-dataset eval scores it
+        alone = json.loads(run_cli("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").stdout)
+        assert alone["fg_miou"] == pytest.approx(row["fg_miou"]) and alone["rows"][0]["fg_miou"] == alone["fg_miou"]
+        assert (tmp_path / "worst" / row["name"] / "worst.png").is_file()
+    text = run_cli(*args)
+    assert text.returncode == 0 and "selfies" in text.stdout and "bodies" in text.stdout
+    proc = run_cli("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
+    assert proc.returncode == 2 and "single --data" in proc.stderr

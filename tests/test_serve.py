@@ -314,6 +314,103 @@ def test_sessions_are_forgotten_after_idle_timeout():
     assert "a" not in service.sessions
 
 
+@pytest.fixture(scope="module")
+def onnx_reference(tmp_path_factory):
+    """The built-in model's deploy form exported to ONNX and run on ONNX Runtime: what the served
+    v2 model (OpenVINO, FP32) is compared with."""
+    from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
+    from rcr_deploy.exporters.onnx import export_onnx
+    from rcr_deploy.reparam import reparameterize
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    ckpt = load_checkpoint(default_checkpoint())
+    deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
+    path = export_onnx(deploy, tmp_path_factory.mktemp("onnx") / "rcrnet.onnx", simplify_graph=False)
+    with OnnxRuntimeRunner(path) as runner:
+        yield runner
+
+
+def test_open_inference_protocol_with_tritonclient_equals_onnxruntime(server, onnx_reference):
+    """Triton's own HTTP client against the live server: health, metadata, and infer with JSON
+    tensors and with the binary-data extension, equal to ONNX Runtime on the same input."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from rcr_deploy.preprocess import preprocess
+
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("rcrnet")
+    meta = client.get_model_metadata("rcrnet")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4, 224, 224]}]
+    frames = [synthetic.sample_portrait(320, 240, seed=s)[0] for s in range(3)]
+    x = np.concatenate([preprocess(rgb, size=224)[0] for rgb in frames])
+    expected = onnx_reference.infer(x)
+    assert meta["outputs"][0]["shape"][1:] == list(expected.shape[1:])
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        got = client.infer("rcrnet", [inp], outputs=[out]).as_numpy("logits")
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 1e-3, (binary, np.abs(got - expected).max())
+    assert np.abs(expected).max() > 1.0  # real logits, not zeros
+    with pytest.raises(InferenceServerException, match="no model"):
+        client.get_model_metadata("nope")
+    bad = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    bad.set_data_from_numpy(x[:1, :3].copy())
+    with pytest.raises(InferenceServerException, match=r"\[N, 4, 224, 224\]"):
+        client.infer("rcrnet", [bad])
+    assert get(f"{server}/v1/stats")["compiles"]["since"] == 0
+
+
+def test_readiness_openapi_and_one_line_http_errors(server):
+    assert get(f"{server}/readyz")["status"] == "ready"
+    spec = get(f"{server}/openapi.json")
+    assert {"/segment", "/readyz", "/v2/models/{name}/infer"} <= set(spec["paths"])
+    status, _, reply = post(f"{server}/nope", b"x")
+    assert status == 404 and json.loads(reply)["error"].startswith("POST /nope")
+
+
+def test_chunked_upload_past_the_limit_is_refused_while_streaming(server):
+    """512 MiB sent chunked (no Content-Length): refused with 413 as soon as it passes 32 MiB,
+    and the replica's memory stays within 64 MiB of where it was."""
+    import http.client
+
+    pid = get(f"{server}/v1/stats")["pid"]
+    before = _rss_mib(pid)
+    conn = http.client.HTTPConnection(server.removeprefix("http://"), timeout=120)
+    conn.putrequest("POST", "/segment")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk = b"\0" * 2**20
+    sent = 0
+    try:
+        for _ in range(512):
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += 1
+        conn.send(b"0\r\n\r\n")
+    except OSError:  # the server answered and closed the connection: the rest was not read
+        pass
+    try:
+        response = conn.getresponse()
+        status, reply = response.status, response.read()
+    except OSError:
+        status, reply = None, b""
+    conn.close()
+    if status is not None:
+        assert status == 413 and "limit" in json.loads(reply)["error"], (status, reply)
+    after = _rss_mib(pid)
+    assert after - before < 64, f"replica grew {after - before:.0f} MiB (sent {sent} MiB)"
+    print(f"chunked upload of {sent} MiB refused with {status}: the replica's RSS went from {before:.0f} to {after:.0f} MiB")
+    assert post(f"{server}/segment", SAMPLE)[0] == 200
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def test_killed_replica_under_load_is_restarted(server):
     """Runs last: 4 clients keep sending while the replica's process is killed; Serve notices it
     by its health check and starts a new one. Failed requests are counted, not forbidden."""

@@ -207,6 +207,11 @@ def _batch_one(model: Any) -> Any:
     return fixed
 
 
+def open_runner(path: Path, device: str = "cpu", hint: str = "latency", threads: int | None = None) -> OpenVINORunner:
+    """The format table's runner entry (rcr_deploy.formats): an IR or ONNX file on the CPU plugin."""
+    return OpenVINORunner(path, hint=hint, threads=threads)
+
+
 class CheckpointOnOpenVINO(Runner):
     """A checkpoint's deploy form on OpenVINO, FP32, through the IR cache. The conversion or the
     cache read happens in `prepare()` (or the first `infer`), so a command checks its other

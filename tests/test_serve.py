@@ -53,6 +53,10 @@ MAX_QUEUED = 16
 RECOVER_S = 60  # a killed replica answers again within this (health checks every 2 s + model load)
 
 
+#: url -> the server's process, for the test that stops it
+PROCS: dict[str, subprocess.Popen] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,8 +82,10 @@ def server():
     assert lines[0].startswith("starting Ray Serve")
     url = f"http://127.0.0.1:{port}"
     assert url in lines[-1]
+    PROCS[url] = proc
     yield url
-    proc.send_signal(signal.SIGINT)
+    if proc.poll() is None:  # the SIGTERM test, which runs last, did not stop it
+        proc.send_signal(signal.SIGINT)
     try:
         rc = proc.wait(timeout=60)
     finally:
@@ -461,3 +467,39 @@ def get_pid(server: str) -> int | None:
         return get(f"{server}/v1/stats")["pid"]
     except OSError:
         return None
+
+
+def test_sigterm_under_load_finishes_in_flight_requests(server):
+    """Runs last and stops the module's server: SIGTERM while 8 clients send. Every request in
+    flight at that moment is answered (the application is deleted first, so its replica drains
+    while the proxy still runs); later ones are refused, and the process exits 0."""
+    proc = PROCS[server]
+    outcomes: list[tuple[float, float, object]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                status = post(f"{server}/segment", SAMPLE)[0]
+            except OSError as e:  # refused or reset once the proxy is gone
+                status = type(e).__name__
+            outcomes.append((t, time.monotonic(), status))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    term = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=90)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    in_flight = [status for start, end, status in outcomes if start < term <= end]
+    assert len(in_flight) >= 4, outcomes[-10:]
+    assert all(status == 200 for status in in_flight), in_flight
+    assert rc == 0
+    print(f"SIGTERM under load: {len(in_flight)} requests in flight, all answered 200; exit after {time.monotonic() - term:.1f} s")

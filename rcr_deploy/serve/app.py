@@ -7,6 +7,7 @@ FastAPI ingress (its OpenAPI page at /docs) and serves
     GET  /healthz, /readyz     liveness; readiness (the replica has loaded and compiled its model)
     GET  /v1/model             the model's manifest (its preprocessing, precision and validation)
     GET  /v1/stats             this replica's batch sizes, compilations, live video sessions and process id
+    GET  /metrics              this replica's Prometheus metrics (`prometheus.py`)
     /v2/...                    the Open Inference Protocol on the model's tensors (`v2.py`)
 
 Requests are decoded on the replica, queued by `@serve.batch` and run as one model call, so
@@ -39,6 +40,8 @@ from rcr_deploy.serve.protocol import (
     BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, MAX_SESSIONS, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S,
     SESSION_HEADER, SESSION_IDLE_S, RequestError, choose_output, decode_image, encode_result, error_body,
 )
+from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
+from rcr_deploy.serve.prometheus import ReplicaMetrics
 from rcr_deploy.serve.service import Item, SegmentService
 
 APP_NAME = "rcr-deploy"
@@ -143,6 +146,7 @@ class Segment:
         self.max_megapixels = max_megapixels
         self.v2_name = v2_name
         self.replica = serve.get_replica_context().replica_tag
+        self.metrics = ReplicaMetrics(self.replica, self.service.buckets)
         self.run_batch.set_max_batch_size(max_batch)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -150,6 +154,7 @@ class Segment:
     async def run_batch(self, items: list[Item]) -> list[tuple[Any, int]]:
         # In a worker thread, so the event loop keeps decoding the next requests meanwhile.
         probs = await asyncio.to_thread(self.service.segment, items)
+        self.metrics.batch(len(items))
         return [(p, len(items)) for p in probs]
 
     @api.get("/healthz", summary="Liveness: the replica answers")
@@ -168,8 +173,16 @@ class Segment:
     async def stats(self) -> dict[str, Any]:
         return {"replica": self.replica, "pid": os.getpid(), **self.service.stats()}
 
+    @api.get("/metrics", summary="This replica's Prometheus metrics: requests, latency, batch sizes, in flight")
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.text(), media_type=PROMETHEUS_MEDIA_TYPE)
+
     @api.post("/segment", summary="Segment one image (the body): a PNG mask, an RGBA cut-out, or JSON")
     async def segment(self, request: Request) -> Response:
+        with self.metrics.track("segment"):
+            return await self._segment(request)
+
+    async def _segment(self, request: Request) -> Response:
         output = choose_output(request.query_params.get("output"), request.headers.get("accept"))
         session = request.headers.get(SESSION_HEADER) or None
         if session is not None and len(session) > 128:
@@ -211,6 +224,10 @@ class Segment:
 
     @api.post("/v2/models/{name}/infer", summary="v2: NCHW FP32 input -> logits (JSON or the binary-data extension)")
     async def v2_infer(self, name: str, request: Request) -> Response:
+        with self.metrics.track("v2_infer"):
+            return await self._v2_infer(name, request)
+
+    async def _v2_infer(self, name: str, request: Request) -> Response:
         self._v2_check(name)
         body = await read_body(request)
         seg = self.service.segmenter

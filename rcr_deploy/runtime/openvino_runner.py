@@ -20,7 +20,6 @@ TorchScript trace) takes 5-15 s on a laptop CPU while reading the cached IR take
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -31,10 +30,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rcr_deploy.artifact import check_manifest
-from rcr_deploy.artifact import read_manifest as read_sidecar
+from rcr_deploy.artifact import read_manifest
 from rcr_deploy import __version__
-from rcr_deploy.errors import BackendUnavailable, ManifestError, RcrError
+from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.runtime import Runner
 
@@ -43,8 +41,6 @@ PRECISION_HINTS = ("f32", "bf16")
 #: Static-shape compilations kept per runner besides those `warm_up` pinned (a video or a folder
 #: uses one shape, eval two).
 MAX_STATIC_SHAPES = 4
-#: Where the manifest (JSON text) sits in the IR's rt_info.
-RT_INFO_KEY = ["rcr_deploy", "manifest"]
 INSTALL_HINT = "pip install 'openvino>=2025.0', or use --backend onnxruntime"
 
 
@@ -55,19 +51,6 @@ def require_openvino() -> Any:
     except ImportError:
         raise BackendUnavailable(f"OpenVINO is not installed; {INSTALL_HINT}") from None
     return openvino
-
-
-def read_manifest(path: Path, model: Any) -> dict[str, Any] | None:
-    """The artifact's manifest: its JSON sidecar (checked as every sidecar is), else the copy in
-    the IR's rt_info, or None."""
-    manifest = read_sidecar(path, missing_ok=True)
-    if manifest is None and model.has_rt_info(RT_INFO_KEY):
-        try:
-            manifest = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
-        except ValueError as e:
-            raise ManifestError(f"{path}: the manifest in its rt_info is not valid JSON; re-export it with 'rcr-deploy export --format openvino'") from e
-        manifest = check_manifest(manifest, f"{path} (rt_info manifest)")
-    return manifest
 
 
 def check_ir_files(path: Path) -> None:
@@ -126,7 +109,7 @@ class OpenVINORunner(Runner):
                 f"{self.path}: OpenVINO {ov.__version__.split('-')[0]} cannot load it ({_last_line(e)}); "
                 "re-export it, or upgrade with pip install -U openvino"
             ) from e
-        self.manifest = read_manifest(self.path, model)
+        self.manifest = read_manifest(self.path, missing_ok=True)
         self.in_channels = int(model.input(0).partial_shape[1].get_length())
         self.hint, self.precision = hint, precision
         self.requests = int(self.compiled.get_property(props.optimal_number_of_infer_requests))

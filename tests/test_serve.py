@@ -8,6 +8,7 @@ restarts the replica.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -421,8 +422,6 @@ def test_chunked_upload_past_the_limit_is_refused_while_streaming(server):
 
 def _chunked_upload(server: str, mib: int) -> tuple[int | None, bytes, int]:
     """POST `mib` MiB of zeros chunked; (status or None, body, MiB sent before the server closed)."""
-    import http.client
-
     conn = http.client.HTTPConnection(server.removeprefix("http://"), timeout=120)
     conn.putrequest("POST", "/segment")
     conn.putheader("Content-Type", "image/png")
@@ -512,7 +511,7 @@ def test_sigterm_under_load_finishes_in_flight_requests(server):
             t = time.monotonic()
             try:
                 status = post(f"{server}/segment", SAMPLE)[0]
-            except OSError as e:  # refused or reset once the proxy is gone
+            except (OSError, http.client.HTTPException) as e:  # refused, reset or cut short once the proxy is gone
                 status = type(e).__name__
             outcomes.append((t, time.monotonic(), status))
 

@@ -49,6 +49,7 @@ def test_foreground_prob_is_softmax_of_class_1():
     assert foreground_prob(logits)[0, 0, 0] == pytest.approx(0.75)
 
 
+@pytest.mark.slow  # a real eval in a fresh interpreter, worst pictures drawn
 def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     root = write_dataset(tmp_path / "d", n=4)
     ckpt = tmp_path / "m.pt"
@@ -92,22 +93,22 @@ def test_contact_sheet_fits_each_picture_into_its_cell_in_rows():
     assert (sheet[2 * ch + ch // 2, 2 * cw + cw // 2] == 0).all()  # the ninth cell is empty
 
 
-def test_cli_eval_several_datasets_in_one_table(tmp_path, cli):
+def test_cli_eval_several_datasets_in_one_table(tmp_path):
     a, b = write_dataset(tmp_path / "selfies", n=3), write_dataset(tmp_path / "bodies", n=2, h=64, w=32)
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
     args = ["eval", str(ckpt), "--data", str(a), "--data", str(b), "--size", "64", "--no-peer"]
-    proc = cli(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
-    assert proc.code == 0, proc.err
-    rows = json.loads(proc.out)["rows"]
+    proc = cli_process(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
     assert [(r["name"], r["n_images"]) for r in rows] == [("selfies", 3), ("bodies", 2)]
     per_image = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [(r["data"], r["stem"]) for r in per_image] == [("selfies", "00000"), ("selfies", "00001"), ("selfies", "00002"), ("bodies", "00000"), ("bodies", "00001")]
     for row in rows:  # each row is that dataset alone, scored as a one-dataset eval scores it
-        alone = json.loads(cli("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").out)
+        alone = json.loads(cli_process("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").stdout)
         assert alone["fg_miou"] == pytest.approx(row["fg_miou"]) and alone["rows"][0]["fg_miou"] == alone["fg_miou"]
         assert (tmp_path / "worst" / row["name"] / "worst.png").is_file()
-    text = cli(*args)
-    assert text.code == 0 and "selfies" in text.out and "bodies" in text.out
-    proc = cli("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
-    assert proc.code == 2 and "single --data" in proc.err
+    text = cli_process(*args)
+    assert text.returncode == 0 and "selfies" in text.stdout and "bodies" in text.stdout
+    proc = cli_process("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
+    assert proc.returncode == 2 and "single --data" in proc.stderr

@@ -9,6 +9,7 @@ one session id, so the server feeds each frame the previous frame's mask.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,23 +25,36 @@ from rcr_deploy.preprocess import Letterbox
 from rcr_deploy.serve.protocol import SESSION_HEADER
 
 TIMEOUT_S = 60.0
+#: How often a shed request (503, the server's queue full) is sent again, and the longest wait.
+RETRIES = 5
+MAX_RETRY_WAIT_S = 10.0
 
 
-def request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> bytes:
-    """One HTTP call; the server's one-line error, or an unreachable server, becomes an RcrError."""
+def request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S, retries: int = RETRIES,
+) -> bytes:
+    """One HTTP call; the server's one-line error, or an unreachable server, becomes an RcrError.
+    A request the server shed (503) is sent again after its `Retry-After`, up to `retries` times."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.read()
-    except urllib.error.HTTPError as e:
+    for attempt in range(retries + 1):
         try:
-            reason = json.loads(e.read())["error"]
-        except (ValueError, KeyError):
-            reason = e.reason
-        raise RcrError(f"{url}: the server refused the request (HTTP {e.code}: {reason})") from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise RcrError(f"{url}: cannot reach the server ({reason}); start it with 'rcr-deploy serve' or check --server") from e
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            if e.code == 503 and attempt < retries:
+                wait = e.headers.get("Retry-After", "")
+                time.sleep(min(float(wait), MAX_RETRY_WAIT_S) if wait.isdigit() else 1.0)
+                continue
+            try:
+                reason = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                reason = e.reason
+            raise RcrError(f"{url}: the server refused the request (HTTP {e.code}: {reason})") from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise RcrError(f"{url}: cannot reach the server ({reason}); start it with 'rcr-deploy serve' or check --server") from e
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class RemoteRunner:

@@ -31,7 +31,7 @@ from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path, read_manifest, require_usable
 from rcr_deploy.errors import RcrError
 from rcr_deploy.runtime import Runner, onnxruntime_providers
 
@@ -309,8 +309,9 @@ def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: 
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     providers = _ort_providers(config.device)
-    precision = _manifest(path).get("precision", "fp32")
-    miou = manifest_miou(_manifest(path), precision)
+    manifest = require_usable(path, read_manifest(path, missing_ok=True))  # as infer, eval and serve accept it
+    precision = manifest["precision"]
+    miou = manifest_miou(manifest, precision)
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
         name, "onnxruntime", precision, "deploy",
@@ -330,7 +331,7 @@ def _openvino_target(precision: str, config: BenchConfig, model_info: dict[str, 
     path = ir_path(_artifact(config.out_dir, precision))
     if not path.is_file():
         raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT --format onnx,openvino' with {precision} among its precisions")
-    miou = manifest_miou(_manifest(path), precision)
+    miou = manifest_miou(require_usable(path, read_manifest(path, missing_ok=True)), precision)
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
         f"openvino-{precision}", "openvino", precision, "deploy",

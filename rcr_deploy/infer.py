@@ -36,7 +36,7 @@ from rcr_deploy.errors import DataError, RcrError
 from rcr_deploy.evaluate import foreground_prob
 from rcr_deploy.fileio import atomic_path, output_dir, regular_file
 from rcr_deploy.metrics import THRESHOLD
-from rcr_deploy.artifact import manifest_path
+from rcr_deploy.artifact import require_usable
 from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
 
@@ -52,24 +52,12 @@ _QUEUE = 4  # frames in flight per queue: enough to hide jitter, little memory
 
 
 def _manifest_input(runner: Runner) -> dict[str, Any] | None:
-    """The input spec recorded in the artifact's manifest (None for a checkpoint)."""
-    if runner.manifest is None:
-        path = getattr(runner, "path", None)
-        if path is not None:  # an artifact file without its manifest: its preprocessing is unknown
-            raise RcrError(
-                f"{path}: no manifest (no {manifest_path(Path(path)).name} beside it, none embedded), so its input "
-                "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"
-            )
+    """The input spec recorded in the artifact's manifest (None for a checkpoint, which has none);
+    `artifact.require_usable` refuses an artifact without one or with other preprocessing."""
+    path = getattr(runner, "path", None)
+    if runner.manifest is None and path is None:
         return None
-    spec = runner.manifest.get("input", {})
-    expected = preprocess.input_spec()
-    for key in ("mean", "std", "pad_value"):
-        if key in spec and not np.allclose(spec[key], expected[key]):
-            raise RcrError(
-                f"{runner.name}: manifest asks for {key} {spec[key]}, but this rcr-deploy normalises with "
-                f"{expected[key]}; re-export the artifact with this version"
-            )
-    return spec
+    return require_usable(path or runner.name, runner.manifest)["input"]
 
 
 class Segmenter:

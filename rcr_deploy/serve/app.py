@@ -127,12 +127,14 @@ def start(
     The model is loaded once in this process first, so a bad path fails with one line before Ray
     starts. `threads` (default: the cores shared out among the replicas) is the model's per replica;
     `backend` as `runtime.load_runner`'s (each replica loads the model on it)."""
+    from rcr_deploy.infer import Segmenter
     from rcr_deploy.runtime import load_runner
 
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
         raise RcrError("--replicas and --max-batch must be at least 1 and --batch-wait-ms at least 0")
     model_arg = None if model is None else str(Path(model).resolve())  # replicas may run elsewhere
     with load_runner(model_arg, backend=backend) as runner:
+        Segmenter(runner)  # infer's checks of the artifact, so serve accepts the models infer and eval do
         runner.prepare()  # a first conversion happens once, here, not in every replica
     check_port_free(host, port)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a local server

@@ -2,8 +2,8 @@
 
     check_inputs -> deploy_form (reparameterize + verify) -> onnx_fp32 (export + simplify + check)
     -> convert_and_validate (save and validate fp32 vs torch; convert and validate fp16 / int8 vs fp32)
-    -> measure_accuracy -> write_manifests -> openvino_irs (with --format openvino) -> build_engines
-    -> commit
+    -> measure_accuracy -> write_manifests -> openvino_irs (with --format openvino)
+    -> web_folder (with --format web) -> build_engines -> commit
 
 Everything is written into a staging folder of the output folder (rcr_deploy.artifact.ExportSet),
 engines included, and published by one atomic pointer swap only when every step has passed, so
@@ -41,12 +41,13 @@ from rcr_deploy.runtime.torch_runner import TorchRunner
 from rcr_deploy.exporters import manifest as manifests
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters import precision as prec
+from rcr_deploy.exporters import web as web_export
 from rcr_deploy.exporters.onnx import TOLERANCES
 from rcr_deploy.exporters.tensorrt import EngineOptions
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: What `--format` accepts; ONNX is always written (every other format is made from it).
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "web")
 #: The newest opset that torch's exporter converts to and onnxruntime loads (checked with torch 2.13; 26 needs a fallback converter).
 MAX_OPSET = 25
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
@@ -70,6 +71,8 @@ class ExportResult:
     timings: dict[str, float]
     #: precision -> OpenVINO IR (.xml), with --format openvino.
     openvino: dict[str, Path] = dataclasses.field(default_factory=dict)
+    #: The static browser folder, with --format web.
+    web: Path | None = None
 
 
 @dataclasses.dataclass
@@ -92,6 +95,8 @@ class Plan:
     seed: int
     progress: bool
     formats: tuple[str, ...] = ("onnx",)
+    #: The installed onnxruntime-web package, with --format web.
+    ort_web: Path | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -187,6 +192,7 @@ def check_inputs(
         from rcr_deploy.runtime.openvino_runner import require_openvino
 
         require_openvino()
+    ort_web = web_export.find_ort_web() if "web" in chosen_formats else None
     if calib_method not in prec.CALIB_METHODS:
         raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
     calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
@@ -209,7 +215,7 @@ def check_inputs(
     loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
     options = (engine_options or EngineOptions(size=(size, size))) if engine else None
     return Plan(loaded, Path(out_dir), chosen, (size, size), dynamic_hw, opset, calib, calib_images, calib_method,
-                val, val_images, val_limit, options, seed, progress, chosen_formats)  # fmt: skip
+                val, val_images, val_limit, options, seed, progress, chosen_formats, ort_web)  # fmt: skip
 
 
 def deploy_form(plan: Plan) -> Deployed:
@@ -391,7 +397,9 @@ def export(
     with_ir = "openvino" in plan.formats
     if with_ir:
         names += [f.name for p in plan.precisions for f in ir_files(ir_path(ARTIFACT_NAMES[p]))]
-    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + with_ir
+    with_web = plan.ort_web is not None
+    names += [web_export.WEB_DIR] if with_web else []
+    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + with_ir + with_web
     with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
         with _timed(plan, "reparameterize+verify", bar):
             deployed = deploy_form(plan)
@@ -408,12 +416,16 @@ def export(
         if with_ir:
             with _timed(plan, "openvino", bar):
                 irs = openvino_irs(staged, summaries)
+        if with_web:
+            with _timed(plan, "web", bar):
+                web_export.write_folder(export_set.path, plan.ort_web)
         engines = build_engines(staged, summaries)
         export_set.commit()
     published = {p: plan.out_dir / path.name for p, path in staged.paths.items()}
     engine_paths = {p: plan.out_dir / ENGINES / path.name for p, path in engines.items()}
     published_irs = {p: plan.out_dir / xml.name for p, xml in irs.items()}
-    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings, published_irs)
+    web = plan.out_dir / web_export.WEB_DIR if with_web else None
+    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings, published_irs, web)
 
 
 def _verify_reparam(model: torch.nn.Module, seed: int) -> dict[str, Any]:

@@ -634,7 +634,8 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
     format: Optional[str] = typer.Option(
-        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision; onnx is always written); default: both where OpenVINO is installed."
+        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision), web (a static page + ES module on "
+        "onnxruntime-web, from an installed npm package); onnx is always written; default: onnx and openvino where OpenVINO is installed."
     ),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile.", callback=COUNT),
@@ -704,6 +705,8 @@ def export_cmd(
         console.print(f"OpenVINO IR ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
+    if result.web is not None:
+        console.print(f"browser folder: {result.web} (serve it with 'python {result.web / 'serve.py'}', then open the URL it prints)")
     console.print(
         f"[green]exported[/] to {result.out_dir.resolve()} in {sum(result.timings.values()):.1f} s "
         f"(torch->ONNX {result.timings['export-onnx']:.1f} s); each artifact's manifest is <artifact>.json"

@@ -35,15 +35,17 @@ def _record(precision: str = "fp32") -> dict:
     return manifests.build(
         arch="rcrnet", variant={"name": "rcrnet", "symbol": "", "description": ""}, checkpoint=Path("ckpt.pt"),
         checkpoint_sha256="0" * 64, precision=precision, opset=18, in_channels=4, size=(32, 32), dynamic_hw=False,
-        ops={"Identity": 1}, export={}, validation=[], accuracy=None,
+        ops={"Conv": 1}, export={}, validation=[], accuracy=None,
     )  # fmt: skip
 
 
 def _tiny_artifact(path: Path, precision: str = "fp32", sidecar: bool = True) -> Path:
-    """An Identity ONNX model with a full manifest embedded (and beside it): fast stand-in for an export."""
+    """A 1x1 Conv ONNX model (4 channels in, 2 out, as RCRNet) with a full manifest embedded (and
+    beside it): fast stand-in for an export."""
     x = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 4, 32, 32])
-    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 4, 32, 32])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [y])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 2, 32, 32])
+    w = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [2, 4, 1, 1], [1.0] * 8)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["input", "w"], ["logits"])], "g", [x], [y], [w])
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     proto.ir_version = 8
     record = _record(precision)
@@ -243,7 +245,7 @@ def test_runner_is_a_context_manager_and_refuses_infer_after_close(tmp_path):
     artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
     x = np.zeros((1, 4, 32, 32), np.float32)
     with load_runner(tmp_path) as runner:
-        assert runner.active and runner.infer(x).shape == (1, 4, 32, 32)
+        assert runner.active and runner.infer(x).shape == (1, 2, 32, 32)
         assert runner.manifest["precision"] == "fp32" and runner.path == artifact
     assert not runner.active
     runner.close()  # twice is fine

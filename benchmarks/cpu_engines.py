@@ -33,7 +33,7 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks import peer as mediapipe
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
-from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, format_path
 from rcr_deploy.errors import RcrError
 from rcr_deploy.evaluate import evaluate, foreground_prob
 from rcr_deploy.fileio import atomic_path, write_text_atomic
@@ -67,11 +67,11 @@ def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
     runners: dict[str, Runner] = {
         "ort-fp32": OnnxRuntimeRunner(fp32, threads=threads),
         "ort-int8": OnnxRuntimeRunner(int8, threads=threads),
-        "ov-fp32": OpenVINORunner(ir_path(fp32), threads=threads),
-        "ov-bf16": OpenVINORunner(ir_path(fp32), precision="bf16", threads=threads),
-        "ov-int8": OpenVINORunner(ir_path(int8), threads=threads),
+        "ov-fp32": OpenVINORunner(format_path(fp32, "openvino"), threads=threads),
+        "ov-bf16": OpenVINORunner(format_path(fp32, "openvino"), precision="bf16", threads=threads),
+        "ov-int8": OpenVINORunner(format_path(int8, "openvino"), threads=threads),
         "ov-int8-qdq": OpenVINORunner(int8, threads=threads),
-        "ov-default": OpenVINORunner(ir_path(fp32), hint=None, precision=None),
+        "ov-default": OpenVINORunner(format_path(fp32, "openvino"), hint=None, precision=None),
     }
     return runners
 

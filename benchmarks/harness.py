@@ -31,27 +31,27 @@ from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, manifest_path, read_manifest, require_usable
-from rcr_deploy.errors import RcrError
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, require_usable
+from rcr_deploy.errors import BackendUnavailable, RcrError
+from rcr_deploy.formats import FORMATS, Format, bench_targets, by_suffix, installed, load
 from rcr_deploy.runtime import Runner, onnxruntime_providers
 
 SCHEMA = "rcr-deploy-bench/1"
 BASELINE = "torch-train"
-#: What `--backend` accepts (besides `all`); `--engine` selects TensorRT engines.
-BACKENDS = (
-    "torch-train",
-    "torch-deploy",
-    "torch-compile",
-    "torch-fp16",
-    "onnxruntime-unfused",
-    "onnxruntime-fp32",
-    "onnxruntime-fp16",
-    "onnxruntime-int8",
-    "openvino-fp32",
-    "openvino-fp16",
-    "openvino-int8",
-)
+#: Targets made from the checkpoint itself; every format's targets come from the format table
+#: (`formats.bench_targets`, read from an export folder); `--engine` selects TensorRT engines.
+CHECKPOINT_TARGETS = ("torch-train", "torch-deploy", "torch-compile", "torch-fp16", "onnxruntime-unfused")
 PRECISIONS = tuple(ARTIFACT_NAMES)
+
+
+def backends() -> tuple[str, ...]:
+    """What `--backend` accepts (besides `all` and the families)."""
+    return CHECKPOINT_TARGETS + tuple(name for f in FORMATS.values() for name in bench_targets(f))
+
+
+def format_target(name: str) -> tuple[Format, str] | None:
+    """A format's bench target name -> (its format, its precision); None for a checkpoint target."""
+    return next(((f, p) for f in FORMATS.values() for p, n in zip(f.precisions, bench_targets(f)) if n == name), None)
 
 
 @dataclasses.dataclass
@@ -87,16 +87,18 @@ class BenchConfig:
             raise RcrError(f"--size {self.size}: must be a positive multiple of 32, e.g. 224")
         if self.max_seconds <= 0:
             raise RcrError(f"--max-seconds {self.max_seconds}: must be positive")
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        unknown = [b for b in self.backends if b not in backends()]
         if unknown:
-            raise RcrError(f"--backend {','.join(unknown)}: unknown; use all, torch, onnxruntime or some of {', '.join(BACKENDS)}")
+            raise RcrError(f"--backend {','.join(unknown)}: unknown; use all, {', '.join(families())} or some of {', '.join(backends())}")
         unknown = [e for e in self.engines if e not in PRECISIONS]
         if unknown:
             raise RcrError(f"--engine {','.join(unknown)}: unknown; use one of {', '.join(PRECISIONS)}")
         for path in self.artifacts:
-            if path.suffix not in (".onnx", ".engine") or not path.is_file():
-                what = "no such file" if not path.exists() else "not an .onnx artifact, .engine or export folder"
-                raise RcrError(f"{path}: {what}; bench takes ONNX artifacts, TensorRT engines or an export folder")
+            fmt = by_suffix(path.suffix)
+            if fmt is None or fmt.runner is None or not path.is_file():
+                kinds = ", ".join(f"{f.title}s ({f.suffixes[0]})" for f in FORMATS.values() if f.runner)
+                what = "no such file" if not path.exists() else "not a model file bench runs"
+                raise RcrError(f"{path}: {what}; bench takes an export folder or files of: {kinds}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RcrError(f"--device {self.device}: no CUDA device on this machine; use --device cpu")
         if self.cuda_graphs and not self.device.startswith("cuda"):
@@ -111,21 +113,29 @@ def parse_batches(text: str) -> list[int]:
         raise RcrError(f"--batch {text}: expected comma-separated integers, e.g. --batch 1,8,32") from None
 
 
+def families() -> tuple[str, ...]:
+    """`--backend` families: torch (the checkpoint's forms) and every runtime with bench targets."""
+    return ("torch", *dict.fromkeys(f.backend for f in FORMATS.values() if f.bench))
+
+
 def default_backends(device: str) -> list[str]:
-    """`--backend all`: every backend that applies to the device (whether it can run is decided later)."""
-    if device.startswith("cuda"):
-        return ["torch-train", "torch-deploy", "torch-compile", "torch-fp16", *[f"onnxruntime-{p}" for p in PRECISIONS]]
-    return [b for b in BACKENDS if b != "torch-fp16"]
+    """`--backend all`: every target that applies to the device (whether it can run is decided later):
+    the torch forms (FP16 on a GPU only, the unfused ONNX on a CPU only) and every format of the
+    table that runs on the device."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    torch_forms = [b for b in CHECKPOINT_TARGETS if b != ("onnxruntime-unfused" if kind == "cuda" else "torch-fp16")]
+    return torch_forms + [name for f in FORMATS.values() if kind in f.devices for name in bench_targets(f)]
 
 
 def select_backends(spec: str, device: str) -> list[str]:
-    """`--backend` text -> backend names: `all`, a family (`torch`, `onnxruntime`: the exported
-    artifacts), or names from BACKENDS, comma-separated. Unknown names are left for BenchConfig to reject."""
+    """`--backend` text -> target names: `all`, a family (`torch`; a runtime such as `onnxruntime`:
+    its files in the export folder), or names from `backends()`, comma-separated. Unknown names
+    are left for BenchConfig to reject."""
     names: list[str] = []
     for item in (part.strip() for part in spec.split(",")):
         if item == "all":
             names += default_backends(device)
-        elif item in ("torch", "onnxruntime", "openvino"):
+        elif item in families():
             names += [b for b in default_backends(device) if b.startswith(item + "-") and b != "onnxruntime-unfused"]
         elif item:
             names.append(item)
@@ -211,7 +221,7 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
         from rcr_deploy.exporters.tensorrt import require_tensorrt
 
         require_tensorrt()
-    needs_artifact = any(b.startswith(("onnxruntime-", "openvino-")) and b != "onnxruntime-unfused" for b in config.backends)
+    needs_artifact = any(format_target(b) for b in config.backends)
     if (needs_artifact or config.engines) and not _artifact(config.out_dir, "fp32").is_file():
         raise _no_artifact(config.out_dir)
     ckpt = load_checkpoint(_checkpoint_path(config))
@@ -265,22 +275,18 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
                 targets.append(torch_target(backend, "deploy", _HalfPrecision(deploy), precision="fp16"))
             elif backend == "onnxruntime-unfused":
                 targets.append(_unfused_target(train, deploy, config, tmp, model_info, (fp32_miou, torch_miou_source)))
-            elif backend.startswith("openvino-"):
-                targets.append(_openvino_target(backend.split("-")[1], config, model_info))
             else:
-                path = _artifact(config.out_dir, backend.split("-")[1])
-                if not path.is_file():
-                    raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT' with {backend.split('-')[1]} among its precisions")
-                targets.append(_onnxruntime_target(path, backend, config, model_info))
+                targets.append(_format_target(*format_target(backend), config, model_info))
         except Skip as why:
             skipped.append({"name": backend, "reason": str(why)})
     for precision in config.engines:
         targets.append(_tensorrt_target(precision, config, train.in_channels))
     for path in config.artifacts:
-        if path.suffix == ".onnx":
-            targets.append(_onnxruntime_target(path, f"onnxruntime:{path.name}", config, model_info))
-        else:
+        fmt = by_suffix(path.suffix)
+        if fmt.name == "tensorrt":  # an engine's batch is bounded by its profile, checked at load
             targets.append(_engine_target(path, config, train.in_channels))
+        else:
+            targets.append(_file_target(fmt, path, f"{fmt.backend}:{path.name}", config, model_info))
     return targets, skipped, model_info
 
 
@@ -296,48 +302,33 @@ class _HalfPrecision(torch.nn.Module):
         return self.model(x.half()).float()
 
 
-def _ort_providers(device: str) -> list[str]:
-    from rcr_deploy.errors import BackendUnavailable
+def _format_target(fmt: Format, precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+    """A format's file of `precision` in the export folder, as `_file_target`."""
+    kind = "cuda" if config.device.startswith("cuda") else "cpu"
+    if kind not in fmt.devices:
+        raise Skip(f"a {fmt.title} runs on {' or '.join(fmt.devices) or 'no device here'} only")
+    if not installed(fmt):
+        raise Skip(f"{fmt.probe} is not installed" + (f" (pip install 'rcr-deploy[{fmt.extra}]')" if fmt.extra else ""))
+    path = format_path(_artifact(config.out_dir, precision), fmt.name)
+    if not path.is_file():
+        flag = f" --format onnx,{fmt.name}" if fmt.exporter else ""
+        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT{flag}' with {precision} among its precisions")
+    return _file_target(fmt, path, f"{fmt.backend}-{precision}", config, model_info)
 
-    try:
-        return onnxruntime_providers(device)
-    except BackendUnavailable as e:
-        raise Skip(str(e).split(": ", 1)[-1]) from None
 
-
-def _onnxruntime_target(path: Path, name: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-    providers = _ort_providers(config.device)
+def _file_target(fmt: Format, path: Path, name: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
+    """One file of a format, opened by the format table's runner with the latency hint; its MACs
+    are counted on the ONNX artifact it was made from (beside it), its mIoU read from its manifest."""
     manifest = require_usable(path, read_manifest(path, missing_ok=True))  # as infer, eval and serve accept it
     precision = manifest["precision"]
     miou = manifest_miou(manifest, precision)
+    onnx = path.with_suffix(".onnx")
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
-        name, "onnxruntime", precision, "deploy",
-        lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
-        artifact=path, macs=count_macs_onnx(path, in_shape).macs, params=model_info["params_deploy"],
-        miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
-    )
-
-
-def _openvino_target(precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
-    """The IR `export --format openvino` wrote, with the LATENCY hint and f32 (bf16 only when asked)."""
-    from rcr_deploy.artifact import ir_path
-    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-
-    if config.device != "cpu":
-        raise Skip("the OpenVINO runner here is CPU only")
-    path = ir_path(_artifact(config.out_dir, precision))
-    if not path.is_file():
-        raise Skip(f"{path} not exported; run 'rcr-deploy export CKPT --format onnx,openvino' with {precision} among its precisions")
-    miou = manifest_miou(require_usable(path, read_manifest(path, missing_ok=True)), precision)
-    in_shape = (1, model_info["in_channels"], config.size, config.size)
-    return Target(
-        f"openvino-{precision}", "openvino", precision, "deploy",
-        lambda: OpenVINORunner(path, hint="latency", precision="f32", threads=config.threads),
-        artifact=path, macs=count_macs_onnx(_artifact(config.out_dir, precision), in_shape).macs,
-        params=model_info["params_deploy"], miou=miou, miou_source=f"{manifest_path(path).name}" if miou is not None else None,
+        name, fmt.backend, precision, "deploy",
+        lambda: load(fmt.runner)(path, device=config.device, hint="latency", threads=config.threads),
+        artifact=path, macs=count_macs_onnx(onnx, in_shape).macs if onnx.is_file() else None,
+        params=model_info["params_deploy"], miou=miou, miou_source=manifest_path(path).name if miou is not None else None,
     )
 
 
@@ -358,10 +349,9 @@ def _unfused_target(
     export_onnx(deploy, tmp / "rcrnet-fused.onnx", size=hw)
     model_info["export_fp32_s"] = time.perf_counter() - start
     model_info["export_unfused_s"] = export_s
-    providers = _ort_providers(config.device)
     return Target(
         "onnxruntime-unfused", "onnxruntime", "fp32", "train",
-        lambda: OnnxRuntimeRunner(path, providers=providers, threads=config.threads),
+        lambda: OnnxRuntimeRunner(path, providers=onnxruntime_providers(config.device), threads=config.threads),
         artifact=path, macs=count_macs_onnx(path, (1, model_info["in_channels"], *hw)).macs,
         params=model_info["params_train"], export_s=export_s, miou=miou[0], miou_source=miou[1],
     )
@@ -513,6 +503,8 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
             for target in tqdm(targets, desc="loading and warming up", unit="backend"):
                 try:
                     loaded.append(_load(target, config, inputs, runners))
+                except BackendUnavailable as e:  # a runtime this machine lacks (a CUDA provider): reported, not fatal
+                    skipped.append({"name": target.name, "reason": str(e)})
                 except RcrError:
                     raise
                 except Exception as e:  # e.g. torch.compile without a working C++ toolchain

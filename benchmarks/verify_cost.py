@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path
+from rcr_deploy.artifact import ARTIFACT_NAMES, format_path
 from rcr_deploy.benchmarks.machine import machine_info
 from rcr_deploy.fileio import sha256_file, write_text_atomic
 
@@ -41,7 +41,7 @@ def measure(folder: Path, rounds: int) -> list[dict]:
     from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
-    onnx, xml = folder / ARTIFACT_NAMES["fp32"], ir_path(folder / ARTIFACT_NAMES["fp32"])
+    onnx, xml = folder / ARTIFACT_NAMES["fp32"], format_path(folder / ARTIFACT_NAMES["fp32"], "openvino")
     engines = {
         "onnxruntime": ([onnx], lambda: OnnxRuntimeRunner(onnx)),
         "openvino": ([xml, xml.with_suffix(".bin")], lambda: OpenVINORunner(xml)),

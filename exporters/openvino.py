@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ir_path, read_manifest, write_manifest
+from rcr_deploy.artifact import format_path, read_manifest, write_manifest
 from rcr_deploy.errors import ExportError, VerificationError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.reparam import Tolerance
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner, require_openvino
 
+from rcr_deploy.exporters import FormatJob
 from rcr_deploy.exporters import onnx as onnx_export
 
 #: IR (OpenVINO, f32 inference precision) against its source ONNX on ONNX Runtime, as in
@@ -96,7 +97,7 @@ def export_ir(
     tolerance."""
     ov = require_openvino()
     source = source or artifact
-    xml = ir_path(artifact)
+    xml = format_path(artifact, "openvino")
     try:
         model = ov.convert_model(str(source))
     except Exception as e:  # OpenVINO's frontends raise several types; one line is what the user needs
@@ -144,21 +145,18 @@ def _own_row(accuracy: dict[str, Any], precision: str, scores: dict[str, Any] | 
     return {**accuracy, "rows": rows}
 
 
-def export_irs(
-    artifacts: dict[str, Path],
-    inputs: dict[str, np.ndarray],
-    calib: np.ndarray | None = None,
-    progress: bool = True,
-    measure: Callable[[Path], dict[str, Any]] | None = None,
-) -> tuple[dict[str, Path], list[dict[str, Any]]]:
-    """`export_ir` for every precision's ONNX artifact, the INT8 one by NNCF from the FP32 one on
-    `calib` (preprocessed calibration images); returns precision -> `.xml` and the summaries.
-    `measure` (an IR -> its mIoU row) scores the NNCF IR, which is not its ONNX artifact's model."""
+def export_format(artifacts: dict[str, Path], job: FormatJob) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """The format table's exporter entry (rcr_deploy.formats): `export_ir` for every precision's
+    ONNX artifact, the INT8 one by NNCF from the FP32 one on `job.calib`; returns precision -> `.xml`
+    and the validation summaries. `job.measure` scores the NNCF IR, which is not its ONNX
+    artifact's model."""
     irs, summaries = {}, []
-    for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not progress, leave=False):
+    for precision, artifact in tqdm(artifacts.items(), desc="openvino", unit="IR", disable=not job.progress, leave=False):
         if precision == "int8":
-            irs[precision], summary = export_ir(artifact, inputs, source=artifacts["fp32"], calib=calib, progress=progress, measure=measure)
+            irs[precision], summary = export_ir(
+                artifact, job.inputs, source=artifacts["fp32"], calib=job.calib, progress=job.progress, measure=job.measure
+            )
         else:
-            irs[precision], summary = export_ir(artifact, inputs)
+            irs[precision], summary = export_ir(artifact, job.inputs)
         summaries.append(summary)
     return irs, summaries

@@ -2,8 +2,8 @@
 
     check_inputs -> deploy_form (reparameterize + verify) -> onnx_fp32 (export + simplify + check)
     -> convert_and_validate (save and validate fp32 vs torch; convert and validate fp16 / int8 vs fp32)
-    -> measure_accuracy -> write_manifests -> openvino_irs (with --format openvino)
-    -> web_folder (with --format web) -> build_engines -> commit
+    -> measure_accuracy -> write_manifests -> other_format (each --format of the table beyond onnx)
+    -> build_engines -> commit
 
 Everything is written into a staging folder of the output folder (rcr_deploy.artifact.ExportSet),
 engines included, and published by one atomic pointer swap only when every step has passed, so
@@ -28,26 +28,25 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, ENGINES, ExportSet, ir_files, ir_path, manifest_path, write_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, ENGINES, ExportSet, format_files, format_path, manifest_path, write_manifest
 from rcr_deploy.checkpoint import Checkpoint, default_checkpoint, load_checkpoint
-from rcr_deploy.errors import RcrError, VerificationError
+from rcr_deploy.errors import BackendUnavailable, RcrError, VerificationError
+from rcr_deploy.formats import FORMATS, exportable, installed, load
 from rcr_deploy.models import VARIANTS
 from rcr_deploy.preprocess import list_images, load_image
 from rcr_deploy.reparam import DEFAULT_TOLERANCES, compare, reparameterize
-from rcr_deploy.runtime import Runner
+from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.torch_runner import TorchRunner
 
+from rcr_deploy.exporters import FormatJob
 from rcr_deploy.exporters import manifest as manifests
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters import precision as prec
-from rcr_deploy.exporters import web as web_export
 from rcr_deploy.exporters.onnx import TOLERANCES
 from rcr_deploy.exporters.tensorrt import EngineOptions
 
-PRECISIONS = ("fp32", "fp16", "int8")
-#: What `--format` accepts; ONNX is always written (every other format is made from it).
-FORMATS = ("onnx", "openvino", "web")
+PRECISIONS = tuple(ARTIFACT_NAMES)
 #: The newest opset that torch's exporter converts to and onnxruntime loads (checked with torch 2.13; 26 needs a fallback converter).
 MAX_OPSET = 25
 #: Real images used for the numerical validation (the accuracy run uses the whole --val folder).
@@ -69,10 +68,8 @@ class ExportResult:
     engines: dict[str, Path]
     #: Wall seconds per step.
     timings: dict[str, float]
-    #: precision -> OpenVINO IR (.xml), with --format openvino.
-    openvino: dict[str, Path] = dataclasses.field(default_factory=dict)
-    #: The static browser folder, with --format web.
-    web: Path | None = None
+    #: format -> precision -> its file, for every --format beyond onnx (an OpenVINO IR's `.xml`).
+    formats: dict[str, dict[str, Path]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -95,8 +92,6 @@ class Plan:
     seed: int
     progress: bool
     formats: tuple[str, ...] = ("onnx",)
-    #: The installed onnxruntime-web package, with --format web.
-    ort_web: Path | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -149,7 +144,12 @@ def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     """'onnx,openvino' or a sequence -> ordered formats; onnx is always included."""
-    return _choose(formats, FORMATS, "onnx", "--format")
+    return _choose(formats, exportable(), "onnx", "--format")
+
+
+def default_formats() -> tuple[str, ...]:
+    """What a plain `export` writes: onnx, and every format of the table marked default that is installed."""
+    return ("onnx", *(f.name for f in FORMATS.values() if f.exporter and f.default and installed(f)))
 
 
 @contextmanager
@@ -188,11 +188,13 @@ def check_inputs(
         raise RcrError(f"--val-limit {val_limit}: must be at least 1 (score the first N images of --val)")
     chosen = parse_precisions(precisions)
     chosen_formats = parse_formats(formats)
-    if "openvino" in chosen_formats:
-        from rcr_deploy.runtime.openvino_runner import require_openvino
-
-        require_openvino()
-    ort_web = web_export.find_ort_web() if "web" in chosen_formats else None
+    for name in chosen_formats[1:]:
+        fmt = FORMATS[name]
+        if ":" in fmt.probe:
+            load(fmt.probe)()  # raises naming what is missing and how to get it
+        elif not installed(fmt):
+            how = f"pip install 'rcr-deploy[{fmt.extra}]'" if fmt.extra else f"pip install {fmt.probe} (rcr-deploy's base install has it)"
+            raise BackendUnavailable(f"--format {name}: {fmt.probe} is not installed; {how}, or drop {name} from --format")
     if calib_method not in prec.CALIB_METHODS:
         raise RcrError(f"unknown calibration method {calib_method!r}; use one of {', '.join(prec.CALIB_METHODS)}")
     calib_count = prec.DEFAULT_CALIB_COUNT[calib_method] if calib_count is None else calib_count
@@ -215,7 +217,7 @@ def check_inputs(
     loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
     options = (engine_options or EngineOptions(size=(size, size))) if engine else None
     return Plan(loaded, Path(out_dir), chosen, (size, size), dynamic_hw, opset, calib, calib_images, calib_method,
-                val, val_images, val_limit, options, seed, progress, chosen_formats, ort_web)  # fmt: skip
+                val, val_images, val_limit, options, seed, progress, chosen_formats)  # fmt: skip
 
 
 def deploy_form(plan: Plan) -> Deployed:
@@ -318,28 +320,24 @@ def write_manifests(staged: Staged, accuracy: dict[str, Any] | None) -> list[dic
     return [deployed.check] + [v.summary() for v in staged.validations.values()] + staged.across
 
 
-def openvino_irs(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, Path]:
-    """An OpenVINO IR per staged artifact (the INT8 one by NNCF from FP32 on the calibration
-    images), each validated against its ONNX; none unless --format has openvino."""
+def other_format(staged: Staged, summaries: list[dict[str, Any]], name: str) -> dict[str, Path]:
+    """One --format beyond onnx, by its exporter in the format table (rcr_deploy.formats), from the
+    staged ONNX artifacts: precision -> its file in the staging folder. The exporter validates
+    what it wrote; its summaries join `summaries`."""
     plan = staged.graph.deployed.plan
-    if "openvino" not in plan.formats:
-        return {}
-    from rcr_deploy.exporters import openvino as openvino_export
-
     in_channels = plan.checkpoint.model.in_channels
     calib = prec.load_batch(plan.calib_images, plan.size, in_channels) if "int8" in plan.precisions else None
     measure = None
     if plan.val is not None:
 
-        def measure(xml: Path) -> dict[str, Any]:
-            from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-
-            with OpenVINORunner(xml, hint="throughput") as runner:
+        def measure(path: Path) -> dict[str, Any]:
+            with load_runner(path, hint="throughput") as runner:
                 return _scores(runner, plan)
 
-    irs, checks = openvino_export.export_irs(staged.paths, staged.inputs, calib, plan.progress, measure)
+    artifacts = {p: path for p, path in staged.paths.items() if p in FORMATS[name].precisions}
+    made, checks = load(FORMATS[name].exporter)(artifacts, FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure))
     summaries += checks
-    return irs
+    return made
 
 
 def build_engines(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, Path]:
@@ -394,12 +392,10 @@ def export(
         engine_options=engine_options, seed=seed, progress=progress, formats=formats,
     )
     names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
-    with_ir = "openvino" in plan.formats
-    if with_ir:
-        names += [f.name for p in plan.precisions for f in ir_files(ir_path(ARTIFACT_NAMES[p]))]
-    with_web = plan.ort_web is not None
-    names += [web_export.WEB_DIR] if with_web else []
-    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + with_ir + with_web
+    for name in plan.formats[1:]:
+        names += list(dict.fromkeys(f.name for p in FORMATS[name].precisions if p in plan.precisions
+                                    for f in format_files(format_path(ARTIFACT_NAMES[p], name), name)))
+    steps = 4 + 2 * (len(plan.precisions) - 1) + (val is not None) + len(plan.formats) - 1
     with ExportSet(plan.out_dir, names, force) as export_set, tqdm(total=steps, desc="export", unit="step", disable=not progress) as bar:
         with _timed(plan, "reparameterize+verify", bar):
             deployed = deploy_form(plan)
@@ -412,20 +408,16 @@ def export(
                 accuracy = measure_accuracy(staged)
         with _timed(plan, "manifests", bar):
             summaries = write_manifests(staged, accuracy)
-        irs = {}
-        if with_ir:
-            with _timed(plan, "openvino", bar):
-                irs = openvino_irs(staged, summaries)
-        if with_web:
-            with _timed(plan, "web", bar):
-                web_export.write_folder(export_set.path, plan.ort_web)
+        made = {}
+        for name in plan.formats[1:]:
+            with _timed(plan, name, bar):
+                made[name] = other_format(staged, summaries, name)
         engines = build_engines(staged, summaries)
         export_set.commit()
     published = {p: plan.out_dir / path.name for p, path in staged.paths.items()}
     engine_paths = {p: plan.out_dir / ENGINES / path.name for p, path in engines.items()}
-    published_irs = {p: plan.out_dir / xml.name for p, xml in irs.items()}
-    web = plan.out_dir / web_export.WEB_DIR if with_web else None
-    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings, published_irs, web)
+    formats = {name: {p: plan.out_dir / path.name for p, path in files.items()} for name, files in made.items()}
+    return ExportResult(plan.out_dir, published, summaries, accuracy, engine_paths, plan.timings, formats)
 
 
 def _verify_reparam(model: torch.nn.Module, seed: int) -> dict[str, Any]:

@@ -4,8 +4,12 @@
     DIR/rcrnet/1/model.onnx
     DIR/rcrnet/manifest.json           the artifact's manifest: preprocessing a client must do
     DIR/rcrnet_fp16/..., rcrnet_int8/  the other ONNX precisions that were exported
+    DIR/rcrnet_<format>[_<p>]/1/...    every other exported file whose format has a Triton backend in
+                                       the format table (rcr_deploy.formats): rcrnet_openvino/1/model.xml|bin
     DIR/rcrnet_tensorrt_<p>/1/model.plan  + config (platform tensorrt_plan), per engine built
-    DIR/rcrnet_openvino/1/model.xml|bin   + config (backend openvino), when an OpenVINO IR exists
+
+Every file is taken from the export folder's current set by its own name (`rcrnet-fp16.xml`
+for FP16), never found by searching: the folder also keeps an older set under `.versions/`.
 
 Every config.pbtxt is checked against Triton's own protobuf schema in the tests; the server
 itself is not run by this project (it ships in NVIDIA's containers). Triton takes the model's
@@ -21,9 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, format_path, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import write_text_atomic
+from rcr_deploy.formats import FORMATS, Triton
 
 MODEL_NAME = "rcrnet"
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -44,24 +49,21 @@ def _tensor(record: dict[str, Any]) -> str:
     return f'  {{\n    name: "{record["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
 
 
-def model_config(
-    name: str, manifest: dict[str, Any], max_batch: int, engine: str = "platform: \"onnxruntime_onnx\"",
-    kind: str = "KIND_CPU", instances: int = 1, parameters: dict[str, str] | None = None,
-) -> str:
-    """config.pbtxt text for one model: its tensors from the manifest, dynamic batching, instances.
-    `engine` is the `platform:` or `backend:` line."""
+def model_config(name: str, manifest: dict[str, Any], max_batch: int, triton: Triton, instances: int = 1) -> str:
+    """config.pbtxt text for one model: its tensors from the manifest, dynamic batching, instances,
+    and the format's Triton engine line, instance kind and parameters."""
     preferred = ", ".join(str(b) for b in sorted({b for b in (max_batch // 2, max_batch) if b > 1}))
     lines = [
         f'name: "{name}"',
-        engine,
+        triton.engine,
         f"max_batch_size: {max_batch}",
         f"input [\n{_tensor(manifest['input'])}\n]",
         f"output [\n{_tensor(manifest['output'])}\n]",
         "dynamic_batching {\n" + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
         + f"  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}",
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: {triton.kind}\n  }}\n]",
     ]
-    for key, value in (parameters or {}).items():
+    for key, value in triton.parameters:
         lines.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
     return "\n".join(lines) + "\n"
 
@@ -73,14 +75,6 @@ def _model(repo: Path, name: str, files: dict[str, Path], manifest: dict[str, An
         shutil.copy2(source, version / target)
     (repo / name / "config.pbtxt").write_text(config)
     (repo / name / "manifest.json").write_text(json.dumps(manifest, indent=2))
-
-
-def openvino_ir(export_dir: Path) -> Path | None:
-    """The OpenVINO IR (.xml with its .bin) in an export folder, if the export wrote one."""
-    for xml in sorted(export_dir.rglob("*.xml")):
-        if xml.with_suffix(".bin").is_file():
-            return xml
-    return None
 
 
 def check_target(repo: str | os.PathLike, force: bool) -> None:
@@ -101,27 +95,25 @@ def write_repository(
     repo.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
     try:
-        for precision, file in ARTIFACT_NAMES.items():
-            artifact = export_dir / file
-            if not artifact.is_file():
+        for fmt in FORMATS.values():
+            if fmt.triton is None:
                 continue
-            name = MODEL_NAME if precision == "fp32" else f"{MODEL_NAME}_{precision}"
-            manifest = read_manifest(artifact)
-            _model(staging, name, {"model.onnx": artifact}, manifest, model_config(name, manifest, max_batch, instances=instances))
+            for precision, file in ARTIFACT_NAMES.items():
+                main = format_path(export_dir / file, fmt.name)
+                if not main.is_file():
+                    continue
+                name = "_".join([MODEL_NAME] + [fmt.name] * (fmt.name != "onnx") + [precision] * (precision != "fp32"))
+                manifest = read_manifest(main)
+                files = dict(zip(fmt.triton.files, (main.with_suffix(s) for s in fmt.suffixes)))
+                _model(staging, name, files, manifest, model_config(name, manifest, max_batch, fmt.triton, instances))
         if not (staging / MODEL_NAME).is_dir():
             raise RcrError(f"{export_dir}: no {ARTIFACT_NAMES['fp32']} to put in a Triton repository; run 'rcr-deploy export' first")
         for precision, engine in (engines or {}).items():
             manifest = read_manifest(engine)
             limit = manifest.get("engine", {}).get("profile", {}).get("max", [max_batch])[0]
             name = f"{MODEL_NAME}_tensorrt_{precision}"
-            config = model_config(name, manifest, min(max_batch, limit), 'platform: "tensorrt_plan"', "KIND_GPU", instances)
+            config = model_config(name, manifest, min(max_batch, limit), FORMATS["tensorrt"].triton, instances)
             _model(staging, name, {"model.plan": engine}, manifest, config)
-        xml = openvino_ir(export_dir)
-        if xml is not None:
-            manifest = read_manifest(export_dir / ARTIFACT_NAMES["fp32"])
-            name = f"{MODEL_NAME}_openvino"
-            config = model_config(name, manifest, max_batch, 'backend: "openvino"', instances=instances, parameters={"PERFORMANCE_HINT": "THROUGHPUT"})
-            _model(staging, name, {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}, manifest, config)
         write_text_atomic(staging / "README.txt", f"Triton model repository written by rcr-deploy from {export_dir.resolve()}; see docs/serving.md.\n")
         if repo.exists():
             shutil.rmtree(repo)

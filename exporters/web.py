@@ -25,9 +25,12 @@ from typing import Any
 from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import sha256_file, write_text_atomic
+from rcr_deploy.formats import FORMATS
 
-#: The folder `export --format web` writes inside the export set.
-WEB_DIR = "web"
+from rcr_deploy.exporters import FormatJob
+
+#: The folder `export --format web` writes inside the export set (its row in rcr_deploy.formats).
+WEB_DIR = FORMATS["web"].folder
 PACKAGE = "onnxruntime-web"
 #: The version the page is tested with (package.json at the repository root pins it for CI).
 TESTED_VERSION = "1.31.1"
@@ -67,6 +70,13 @@ def ort_web_version(package: Path) -> str:
         return str(json.loads((package / "package.json").read_text())["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown"
+
+
+def export_format(artifacts: dict[str, Path], job: FormatJob) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """The format table's exporter entry (rcr_deploy.formats): the folder beside the staged FP32
+    artifact. It adds no validation summary: the page runs in a browser, which tests/test_web.py
+    checks in headless Chromium against `rcr-deploy infer`."""
+    return {"fp32": write_folder(artifacts["fp32"].parent, find_ort_web())}, []
 
 
 def write_folder(export_folder: Path, package: Path) -> Path:

@@ -35,6 +35,7 @@ from typing import Any
 
 from rcr_deploy.errors import InternalError, ManifestError, RcrError
 from rcr_deploy.fileio import sha256_file, umask_mode, write_text_atomic
+from rcr_deploy.formats import FORMATS
 
 #: Where `export` writes and where `bench`, `eval`, `infer` and `build` look by default.
 DEFAULT_OUT_DIR = Path("rcr-deploy-out")
@@ -60,15 +61,19 @@ def manifest_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
-def ir_path(onnx_artifact: str | os.PathLike) -> Path:
-    """The OpenVINO IR of an ONNX artifact: `rcrnet-int8.onnx` -> `rcrnet-int8.xml` (its weights
-    are the `.bin` beside it)."""
-    return Path(onnx_artifact).with_suffix(".xml")
+def format_path(onnx_artifact: str | os.PathLike, fmt: str) -> Path:
+    """An ONNX artifact's file in another format of the table (rcr_deploy.formats), beside it:
+    `rcrnet-int8.onnx`, "openvino" -> `rcrnet-int8.xml`; a folder format's folder beside it."""
+    row = FORMATS[fmt]
+    return Path(onnx_artifact).parent / row.folder if row.folder else Path(onnx_artifact).with_suffix(row.suffixes[0])
 
 
-def ir_files(xml: Path) -> list[Path]:
-    """The files that make up one IR artifact: the graph, its weights and its manifest."""
-    return [xml, xml.with_suffix(".bin"), manifest_path(xml)]
+def format_files(path: Path, fmt: str) -> list[Path]:
+    """Every file of one artifact in format `fmt`: one per suffix (an IR's `.xml` and `.bin`) and its
+    manifest; a folder format's folder."""
+    if FORMATS[fmt].folder:
+        return [path]
+    return [path.with_suffix(s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
 
 
 def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
@@ -339,7 +344,7 @@ class ExportSet:
         _swap_link(self.out_dir / CURRENT, f"{VERSIONS}/{version.name}")
         # A name this set lacks loses its link (which would dangle: a copy by cp, copytree or tar
         # then fails) and any loose file of the older, unversioned layout.
-        known = {p.name for a in ARTIFACT_NAMES.values() for p in (Path(a), manifest_path(a), *ir_files(ir_path(a)))}
+        known = {p.name for a in ARTIFACT_NAMES.values() for f in FORMATS for p in (Path(a), manifest_path(a), *format_files(format_path(a, f), f))}
         for name in sorted(known - names):
             link = self.out_dir / name
             if link.is_symlink() or link.is_file():

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rcr_deploy.errors import InternalError, RcrError, VerificationError
+from rcr_deploy.formats import AUTO, FORMATS, backends
 from rcr_deploy.serve import protocol as serve_limits
 
 app = typer.Typer(
@@ -138,8 +139,25 @@ def _device(allow_auto: bool = False) -> Callable[[typer.Context, typer.Callback
 
 SIZE = _range(32, 4096, 32)  # model input sizes: the network downsamples by 32
 BACKEND_HELP = (
-    "auto (the fastest installed: OpenVINO on the CPU for a checkpoint or export folder, see docs/cpu-engines.md), "
-    "torch, onnxruntime or openvino."
+    f"auto (the fastest installed: {FORMATS[AUTO[0]].backend} on the CPU for a checkpoint or export folder, see "
+    f"docs/cpu-engines.md), or one of {', '.join(backends()[1:])}."
+)
+EXPORTABLE = [f for f in FORMATS.values() if f.exporter]
+EXPORT_FORMAT_HELP = (
+    "Comma list of onnx, " + ", ".join(f"{f.name} ({f.title}: {f.folder + '/' if f.folder else ' + '.join(f.suffixes)})" for f in EXPORTABLE)
+    + "; onnx is always written. Default: onnx and "
+    + (", ".join(f.name for f in EXPORTABLE if f.default) or "nothing else") + " where installed."
+)
+BENCH_BACKEND_HELP = (
+    "Comma-separated: 'all' (default unless --engine or artifact files are given), 'torch' (the checkpoint's forms), "
+    + ", ".join(f"'{f.backend}' (the {f.title}s of the export folder)" for f in FORMATS.values() if f.bench)
+    + ", or target names: torch-train, torch-deploy, torch-compile, torch-fp16, onnxruntime-unfused, "
+    + ", ".join(f"{f.backend}-{{{','.join(f.precisions)}}}" for f in FORMATS.values() if f.bench) + "."
+)
+MODEL_HELP = (
+    "Checkpoint (.pt), export folder, or a file of "
+    + ", ".join(f"{f.title} ({f.suffixes[0]})" for f in FORMATS.values() if f.runner)
+    + "; default: the built-in model."
 )
 BATCH = _range(1, 4096)
 COUNT = _range(1, 10**9)  # --limit, --frames, --iters, ...
@@ -279,7 +297,7 @@ def _print_checks(results: list) -> None:
 @app.command()
 def infer(
     source: str = typer.Argument(..., metavar="INPUT", help="An image, a folder of images, a video file, or a camera index (0, 1, ...)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (.pt), ONNX artifact, TensorRT engine or export folder; default: the built-in model."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out/infer."),
     save: str = typer.Option("overlay,mask", help="Comma-separated outputs: mask, cutout (RGBA PNG), background, overlay, before-after."),
     background: Optional[str] = typer.Option(None, help="Replace the background with an IMAGE (resized to the frame), 'blur' or '#RRGGBB'."),
@@ -327,7 +345,7 @@ def infer(
 
 @app.command()
 def serve(
-    model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, TensorRT engine or export folder; default: the built-in model."),
+    model: Optional[Path] = typer.Argument(None, help=MODEL_HELP),
     replicas: int = typer.Option(1, min=1, help="Model replicas (processes); Ray Serve spreads requests over them."),
     max_batch: int = typer.Option(8, min=1, help="Most requests run as one model call (1: no batching)."),
     batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a replica waits to fill a batch."),
@@ -337,6 +355,8 @@ def serve(
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
+    max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches; more get HTTP 503 with Retry-After at once."),
+    request_timeout_s: float = typer.Option(serve_limits.REQUEST_TIMEOUT_S, min=0.1, help="A request not answered within this many seconds gets HTTP 408."),
 ) -> None:
     """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
     import time
@@ -345,13 +365,18 @@ def serve(
 
     try:
         from rcr_deploy.serve import app as serve_app
-    except ImportError as e:
-        raise BackendUnavailable(f"Ray Serve is not installed ({e}); pip install 'rcr-deploy[serve]'") from e
+    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendUnavailable(
+            f"Ray Serve cannot be imported ({type(e).__name__}: {reason}); "
+            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
+        ) from e
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
             model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
             threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels, backend=backend,
+            max_queued=max_queued, request_timeout_s=request_timeout_s,
         )
         console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
         _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
@@ -444,14 +469,11 @@ def train(
 @app.command()
 def bench(
     artifacts: Optional[list[Path]] = typer.Argument(
-        None, metavar="ARTIFACT", help="Export folder (default rcr-deploy-out), or .onnx artifacts and .engine files to time as they are."
+        None, metavar="ARTIFACT", help="Export folder (default rcr-deploy-out), or model files to time as they are ("
+        + ", ".join(f.suffixes[0] for f in FORMATS.values() if f.runner) + ")."
     ),
     backend: Optional[str] = typer.Option(
-        None, help="Comma-separated: 'all' (default unless --engine or artifact files are given), 'torch', 'onnxruntime' "
-        "(the exported artifacts), 'openvino' (the IRs of 'export --format openvino'), or torch-train, torch-deploy, "
-        "torch-compile, torch-fp16, onnxruntime-unfused, onnxruntime-fp32, onnxruntime-fp16, onnxruntime-int8, "
-        "openvino-fp32, openvino-fp16, openvino-int8."
-    ),
+        None, help=BENCH_BACKEND_HELP),
     engine: Optional[str] = typer.Option(None, help="TensorRT engine(s) of the exported artifacts to time: fp32, fp16, int8 (built if missing)."),
     batch: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8,32.", callback=BATCH),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime (default: all usable cores).", callback=THREADS),
@@ -552,7 +574,7 @@ def bench(
 
 @app.command("eval")
 def eval_(
-    model: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt), ONNX artifact, engine or export folder; default: the built-in model."),
+    model: Optional[Path] = typer.Argument(None, help=MODEL_HELP),
     data: Path = typer.Option(..., help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
     split: Optional[str] = typer.Option(None, help="all (default) | train | val | p3m-500-p | p3m-500-np | a file of ids."),
     size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224.", callback=SIZE),
@@ -633,10 +655,7 @@ def export_cmd(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint (train or deploy form); default: the built-in model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; default rcr-deploy-out (bench, eval, infer look there)."),
     precision: str = typer.Option("fp32,fp16", help="Comma list of fp32, fp16, int8 (fp32 is always written). FP16 is in the default so that 'bench --engine fp16' finds its artifact."),
-    format: Optional[str] = typer.Option(
-        None, "--format", help="Comma list of onnx, openvino (the IR .xml + .bin of every precision), web (a static page + ES module on "
-        "onnxruntime-web, from an installed npm package); onnx is always written; default: onnx and openvino where OpenVINO is installed."
-    ),
+    format: Optional[str] = typer.Option(None, "--format", help=EXPORT_FORMAT_HELP),
     calib: Optional[Path] = typer.Option(None, help="Folder of your images for INT8 calibration (needed for int8)."),
     calib_count: Optional[int] = typer.Option(None, help="Calibration images (first N by name); default 128 minmax, 32 entropy/percentile.", callback=COUNT),
     calib_method: str = typer.Option("minmax", help="INT8 calibration: minmax, entropy or percentile."),
@@ -656,11 +675,10 @@ def export_cmd(
 ) -> None:
     """Checkpoint -> verified deploy form -> validated ONNX (fp32/fp16/int8) with manifests [-> TensorRT]."""
     from rcr_deploy.exporters import triton as triton_repo
-    from rcr_deploy.exporters.pipeline import export
+    from rcr_deploy.exporters.pipeline import default_formats, export
     from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
     from rcr_deploy.fileio import check_output
-    from rcr_deploy.runtime import openvino_installed
 
     check_output(out or DEFAULT_OUT_DIR, "--out", folder=True)
     if triton is not None:
@@ -671,7 +689,7 @@ def export_cmd(
         arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset, calib_count=calib_count,
         calib_method=calib_method, val_limit=val_limit, engine=engine, force=force, progress=not as_json,
         engine_options=EngineOptions(min_batch, opt_batch, max_batch, (size, size)),
-        formats=format or ("onnx,openvino" if openvino_installed() else "onnx"),
+        formats=format or default_formats(),
     )
     if triton is not None:
         configs = triton_repo.write_repository(result.out_dir, triton, result.engines, max_batch=max_batch, force=force)
@@ -699,14 +717,15 @@ def export_cmd(
         for r in result.accuracy["rows"]:
             acc.add_row(r["precision"], f"{r['fg_miou']:.4f}", f"{r['class_miou']:.4f}", f"{r['fg_miou_vs_fp32']:+.4f}")
         console.print(acc)
-    for p, path in result.openvino.items():
-        v = stages[f"openvino-{p}"]
-        agreement = "-" if v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
-        console.print(f"OpenVINO IR ({p}): {path} (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})")
+    for name, files in result.formats.items():
+        for p, path in files.items():
+            v = stages.get(f"{name}-{p}")
+            agreement = "-" if v is None or v["mask_agreement"] is None else f"{v['mask_agreement']:.2%}"
+            checked = f" (vs {v['reference']}: max abs {v['max_abs']:.1e}, same class {agreement})" if v else ""
+            usage = f" ({FORMATS[name].usage.format(path=path)})" if FORMATS[name].usage else ""
+            console.print(f"{FORMATS[name].title} ({p}): {path}{checked}{usage}")
     for p, path in result.engines.items():
         console.print(f"TensorRT engine ({p}): {path}")
-    if result.web is not None:
-        console.print(f"browser folder: {result.web} (serve it with 'python {result.web / 'serve.py'}', then open the URL it prints)")
     console.print(
         f"[green]exported[/] to {result.out_dir.resolve()} in {sum(result.timings.values()):.1f} s "
         f"(torch->ONNX {result.timings['export-onnx']:.1f} s); each artifact's manifest is <artifact>.json"

@@ -11,7 +11,6 @@ Like cli.py, this sits above `exporters` and `benchmarks` and calls their public
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import tempfile
 import time
@@ -26,7 +25,8 @@ from rcr_deploy.data import synthetic
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import MemorySink, Segmenter, infer, run, write_png
 from rcr_deploy.preprocess import load_image
-from rcr_deploy.runtime import load_runner, openvino_installed
+from rcr_deploy.formats import FORMATS, bench_targets, installed
+from rcr_deploy.runtime import load_runner
 from rcr_deploy.video import VideoSource, stability, write_video
 
 #: NASA's public-domain portrait of Eileen Collins (assets/ATTRIBUTION.md); no dataset image is shipped.
@@ -37,7 +37,6 @@ CALIB_IMAGES = 32  # generated portraits for INT8 calibration (plus the sample p
 CLIP_FRAMES = 48
 CLIP_SIZE = (240, 320)
 CLIP_FPS = 15.0
-BENCH_BACKENDS = ["torch-deploy", "onnxruntime-fp32", "onnxruntime-int8"]
 
 
 def sample_image() -> np.ndarray:
@@ -67,12 +66,13 @@ def run_demo(
     out_dir: Path, ckpt: Path | None = None, progress: bool = True, log: Callable[[str], None] = print, size: int = 224
 ) -> DemoResult:
     """Run every step into `out_dir` (overwriting an earlier demo's files) and write `out_dir/README.md`.
-    With OpenVINO installed it also exports the IRs, times them, and segments the clip on the
-    fastest engine (`load_runner`'s auto choice); `size` is the exported input size."""
+    It also exports every default format of the table (rcr_deploy.formats) that is installed
+    (OpenVINO's IRs), times each exported file, and segments the clip on the fastest engine
+    (`load_runner`'s auto choice); `size` is the exported input size."""
     from rcr_deploy.benchmarks.harness import BenchConfig, run_bench
     from rcr_deploy.benchmarks.plot import plot_speed_accuracy
     from rcr_deploy.benchmarks.report import write_json, write_markdown
-    from rcr_deploy.exporters.pipeline import export
+    from rcr_deploy.exporters.pipeline import default_formats, export
 
     out_dir = Path(out_dir)
     ckpt = default_checkpoint() if ckpt is None else Path(ckpt)  # a missing built-in model fails before any work
@@ -92,17 +92,22 @@ def run_demo(
         t0 = time.perf_counter()
         exported = export(
             ckpt, out_dir / "export", precisions=("fp32", "int8"), calib=calib / "images", force=True, progress=progress,
-            size=size, formats=("onnx", "openvino") if openvino_installed() else ("onnx",),
+            size=size, formats=default_formats(),
         )  # fmt: skip
         lap("verify + export", t0)
 
     log("[2/4] benchmark (short run)")
     t0 = time.perf_counter()
-    backends = BENCH_BACKENDS + [f"openvino-{p}" for p in exported.openvino]
+    made = {"onnx": exported.artifacts, **exported.formats}
+    backends = ["torch-deploy"] + [
+        name for fmt, files in made.items() for p, name in zip(FORMATS[fmt].precisions, bench_targets(FORMATS[fmt])) if p in files
+    ]
     config = BenchConfig(backends=backends, out_dir=out_dir / "export", ckpt=ckpt, size=size, warmup=2, iters=15, max_seconds=2.0)
     bench = run_bench(config, command="rcr-deploy demo")
-    if importlib.util.find_spec("tensorrt") is None:
-        bench["skipped"].append({"name": "tensorrt", "reason": "TensorRT is not installed (pip install 'rcr-deploy[tensorrt]' on a Linux GPU machine)"})
+    for fmt in FORMATS.values():
+        if not installed(fmt):
+            how = f" (pip install 'rcr-deploy[{fmt.extra}]')" if fmt.extra else ""
+            bench["skipped"].append({"name": fmt.name, "reason": f"{fmt.probe} is not installed{how}"})
     write_json(bench, out_dir / "bench.json")
     write_markdown(bench, out_dir / "bench.md")
     plot_speed_accuracy(bench, out_dir / "speed-accuracy.png")

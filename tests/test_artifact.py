@@ -269,5 +269,5 @@ def test_load_runner_honours_the_device_or_refuses_in_one_line(tmp_path):
             load_runner(tmp_path, device="cuda")
     engine = tmp_path / "rcrnet.engine"
     engine.write_bytes(b"engine")
-    with pytest.raises(RcrError, match="runs on a CUDA GPU only; pass --device cuda"):
+    with pytest.raises(RcrError, match="a TensorRT engine runs on cuda only; pass --device cuda"):
         load_runner(engine, device="cpu")

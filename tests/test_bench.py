@@ -179,7 +179,7 @@ def test_cli_bench_times_an_artifact_path_and_json_prints(export_folder, tmp_pat
     assert [r["name"] for r in report["results"]] == ["torch-train", "onnxruntime:rcrnet.onnx"]
     assert report["results"][1]["miou"] == pytest.approx(95.12) and list(tmp_path.iterdir()) == []
     bad = run_cli("bench", str(export_folder / "ckpt.pt"), cwd=tmp_path)
-    assert bad.returncode == 2 and "ckpt.pt: not an .onnx artifact, .engine or export folder" in bad.stderr
+    assert bad.returncode == 2 and "ckpt.pt: not a model file bench runs; bench takes an export folder or files of" in bad.stderr
 
 
 def test_table_fits_80_columns_and_uses_the_wide_layout_at_120(cli_run):

@@ -25,7 +25,7 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images
 from rcr_deploy.reparam import randomize_bn
-from rcr_deploy.artifact import ARTIFACT_NAMES, ir_path, manifest_path, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, format_path, manifest_path, read_manifest
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner
@@ -56,7 +56,7 @@ def exported(tmp_path_factory) -> dict:
 
 
 def _xml(exported: dict, p: str) -> Path:
-    return exported["out"] / ir_path(ARTIFACT_NAMES[p]).name
+    return exported["out"] / format_path(ARTIFACT_NAMES[p], "openvino").name
 
 
 def _real(exported: dict) -> np.ndarray:
@@ -70,10 +70,10 @@ def test_export_writes_ir_per_precision_with_manifest_in_rt_info_and_sidecar(exp
     import openvino as ov
 
     result = exported["result"]
-    assert set(result.openvino) == {"fp32", "int8"}
+    assert set(result.formats["openvino"]) == {"fp32", "int8"}
     for p in ("fp32", "int8"):
         xml = _xml(exported, p)
-        assert result.openvino[p] == xml and xml.with_suffix(".bin").stat().st_size > 10_000
+        assert result.formats["openvino"][p] == xml and xml.with_suffix(".bin").stat().st_size > 10_000
         sidecar = json.loads(manifest_path(xml).read_text())
         embedded = json.loads(ov.Core().read_model(str(xml)).get_rt_info(RT_INFO_KEY).astype(str))
         assert {k: v for k, v in sidecar.items() if k != "artifact"} == embedded

@@ -34,7 +34,7 @@ from rcr_deploy.data import synthetic  # noqa: E402
 from rcr_deploy.runtime import load_runner  # noqa: E402
 from rcr_deploy.serve.client import RemoteSegmenter  # noqa: E402
 from rcr_deploy.serve.protocol import BATCH_HEADER  # noqa: E402
-from rcr_deploy.serve.service import Item, SegmentService  # noqa: E402
+from rcr_deploy.serve.service import Item, SegmentService, batch_buckets  # noqa: E402
 
 
 
@@ -47,6 +47,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 #: A generated 320x240 portrait, PNG-encoded: what a client uploads.
 SAMPLE = png_bytes(synthetic.sample_portrait(320, 240, seed=7)[0])
 START_S = 120  # Ray and the replica on a loaded 2-core machine
+MAX_QUEUED = 4  # small, so that the shedding test needs few clients
 RECOVER_S = 60  # a killed replica answers again within this (health checks every 2 s + model load)
 
 
@@ -59,7 +60,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    cmd = [sys.executable, "-m", "rcr_deploy", "serve", "--port", str(port), "--max-batch", "8", "--batch-wait-ms", "100", "--threads", "2"]
+    cmd = [sys.executable, "-m", "rcr_deploy", "serve", "--port", str(port), "--max-batch", "8", "--batch-wait-ms", "100", "--threads", "2",
+           "--max-queued", str(MAX_QUEUED)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + START_S
@@ -145,7 +147,50 @@ def test_concurrent_requests_are_batched(server):
     assert len({r[2] for r in results}) == 1  # a batched mask is the same mask
     sizes = [int(r[1][BATCH_HEADER]) for r in results]
     assert max(sizes) > 1, sizes
-    assert any(int(k) > 1 for k in get(f"{server}/v1/stats")["batch_sizes"])
+    stats = get(f"{server}/v1/stats")
+    assert any(int(k) > 1 for k in stats["batch_sizes"])
+    assert stats["compiles"]["warm_up"] >= 8 and stats["compiles"]["since"] == 0, stats
+
+
+def test_every_batch_size_after_warm_up_compiles_nothing():
+    """The replica's service on the default backend (OpenVINO: one compiled copy per input shape)
+    runs every batch size 1..8, in a shuffled order, without compiling; a shape it did not warm up
+    does compile, so the count can fail."""
+    service = SegmentService(None, max_batch=8, threads=1)
+    runner = service.runner
+    assert runner.name.startswith("openvino"), runner.name
+    warm = runner.compiles
+    assert warm >= 8 and service.warm_compiles == warm
+    rgb = synthetic.sample_portrait(96, 128, seed=1)[0]
+    for n in np.random.default_rng(0).permutation(np.arange(1, 9)).tolist() * 2:
+        assert len(service.segment([Item(rgb)] * n)) == n
+    assert runner.compiles == warm
+    assert service.stats()["compiles"] == {"warm_up": warm, "since": 0}
+    runner.infer(np.zeros((9, runner.in_channels, service.segmenter.size, service.segmenter.size), np.float32))
+    assert runner.compiles == warm + 1
+
+
+def test_batches_past_eight_are_padded_to_few_compiled_sizes():
+    assert batch_buckets(1) == [1] and batch_buckets(8) == list(range(1, 9))
+    assert batch_buckets(64) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64] and batch_buckets(12)[-1] == 12
+
+
+def test_excess_load_is_shed_with_503_and_retry_after(server):
+    """The replica holds two batches of 8 and the proxy queues MAX_QUEUED more: 48 clients at
+    once overflow that, and the overflow is answered at once with 503, not left waiting."""
+    def timed(_):
+        t = time.monotonic()
+        status, headers, _body = post(f"{server}/segment", SAMPLE)
+        return status, headers.get("Retry-After"), time.monotonic() - t
+
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(timed, range(48)))
+    shed = [r for r in results if r[0] == 503]
+    assert {r[0] for r in results} <= {200, 503}, results
+    assert shed and sum(r[0] == 200 for r in results) >= 2 * 8, [r[0] for r in results]
+    assert all(r[1] == "1" for r in shed)
+    # A shed request is not queued: it is answered before most served ones are.
+    assert sorted(r[2] for r in shed)[len(shed) // 2] < sorted(r[2] for r in results if r[0] == 200)[-1]
 
 
 BAD_REQUESTS = {
@@ -242,6 +287,20 @@ def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):
             proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "serve", *args], capture_output=True, text=True, timeout=120)
             assert proc.returncode == 2, proc.stderr
             assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and reason in proc.stderr
+
+
+def test_ray_that_fails_to_import_is_one_line(tmp_path):
+    """A stand-in `ray` package that raises as protobuf's VersionError does (not an ImportError)
+    when tritonclient was installed after Ray: `serve` says so in one line, exit 2."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text(
+        "class VersionError(Exception):\n    pass\n"
+        "raise VersionError('Detected mismatched Protobuf Gencode/Runtime version suffixes\\nmore lines')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "serve"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "VersionError" in proc.stderr and "rcr-deploy[serve,triton]" in proc.stderr
 
 
 def test_sessions_are_forgotten_after_idle_timeout():

@@ -58,7 +58,7 @@ def web_export_dir(tmp_path_factory, ort_web) -> Path:
     proc = subprocess.run([sys.executable, "-m", "rcr_deploy", "export", "--out", str(out), "--precision", "fp32",
                            "--format", "onnx,web", "--json"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["web"] == str(out / web_export.WEB_DIR)
+    assert json.loads(proc.stdout)["formats"]["web"] == {"fp32": str(out / web_export.WEB_DIR)}
     return out
 
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
+
+from rcr_deploy.artifact import format_path, resolve
+from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
+from rcr_deploy.errors import BackendUnavailable, InternalError, RcrError
+from rcr_deploy.reparam import reparameterize
+from rcr_deploy.formats import AUTO, FORMATS, Format, backends, by_backend, by_suffix, installed, load
 
 
 class Runner(abc.ABC):
@@ -33,6 +39,9 @@ class Runner(abc.ABC):
     manifest: dict[str, Any] | None = None
     #: False once `close()` has released the backend.
     active: bool = True
+    #: Model compilations since load: an engine that compiles one copy per input shape (OpenVINO's
+    #: static shapes) counts each; engines that compile nothing stay at 0.
+    compiles: int = 0
 
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -40,6 +49,12 @@ class Runner(abc.ABC):
 
     def prepare(self) -> None:
         """Do the slow part of loading now (a first conversion), not in the first `infer`."""
+
+    def warm_up(self, shapes: Iterable[tuple[int, ...]]) -> None:
+        """Make each input shape ready now (compiled, buffers allocated) by running it once on
+        zeros, so that no later call with one of these shapes waits on a compilation."""
+        for shape in shapes:
+            self.infer(np.zeros(shape, np.float32))
 
     def _release(self) -> None:
         """Drop the backend's resources (sessions, contexts, device buffers)."""
@@ -52,8 +67,6 @@ class Runner(abc.ABC):
 
     def _check_active(self) -> None:
         if not self.active:
-            from rcr_deploy.errors import InternalError
-
             raise InternalError(f"{self.name}: infer() after close()")
 
     def __enter__(self) -> Runner:
@@ -67,25 +80,13 @@ def onnxruntime_providers(device: str) -> list[str]:
     """ONNX Runtime providers for a device, or `BackendUnavailable` in one line."""
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
-    import onnxruntime as ort
-
-    from rcr_deploy.errors import BackendUnavailable
+    import onnxruntime as ort  # imported on first use: a GPU check should not pay for it at import
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise BackendUnavailable(
             f"--device {device}: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or use --device cpu"
         )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-#: `--backend` choices of infer, eval, serve and demo; `auto` is the fastest installed (below).
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-
-
-def openvino_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
 
 
 def load_runner(
@@ -95,70 +96,65 @@ def load_runner(
     backend: str = "auto",
     threads: int | None = None,
 ) -> Runner:
-    """A runner for a checkpoint (`.pt`, deploy form), an ONNX artifact, an OpenVINO IR (`.xml`),
-    a TensorRT engine, or an export folder (its FP32 artifact), on `device`. `None` is the
-    built-in default checkpoint. `hint` is OpenVINO's performance hint: latency (one image, video)
-    or throughput (folders and batches). `threads` bounds OpenVINO's and ONNX Runtime's CPU
-    threads (torch's are process-wide: `torch.set_num_threads`).
+    """A runner for a checkpoint (`.pt`, deploy form), a file of any format in the format table
+    (rcr_deploy.formats: an ONNX artifact, an OpenVINO IR `.xml`, a TensorRT engine, ...), or an
+    export folder (its FP32 artifact), on `device`. `None` is the built-in default checkpoint.
+    `hint` is a latency/throughput hint for runtimes that take one (OpenVINO): latency (one image,
+    video) or throughput (folders and batches). `threads` bounds the runtime's CPU threads (torch's
+    are process-wide: `torch.set_num_threads`).
 
-    `backend="auto"` follows the CPU measurements (benchmarks/results/cpu-engines-*.md): on the CPU,
-    a checkpoint or an export folder runs on OpenVINO where it is installed (FP32, faster there
-    than torch eager and ONNX Runtime at every measured size), else on torch or ONNX Runtime; a
-    file runs on the engine its format names. The device is honoured (ONNX on CUDA uses onnxruntime's CUDA
-    provider) or refused in one line."""
-    from rcr_deploy.artifact import ir_path, resolve
-    from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
-    from rcr_deploy.errors import RcrError
-    from rcr_deploy.reparam import reparameterize
-    from rcr_deploy.runtime.torch_runner import TorchRunner
-
-    if backend not in BACKENDS:
-        raise RcrError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
+    `backend="auto"` follows the CPU measurements (benchmarks/results/cpu-engines-*.md): a
+    checkpoint or an export folder runs on the first runtime of `formats.AUTO` that is installed
+    and runs on the device (for a folder: whose file it holds), else on torch or ONNX Runtime; a
+    file runs on the runtime its format names. The device is honoured (ONNX on CUDA uses
+    onnxruntime's CUDA provider) or refused in one line."""
+    if backend not in backends():
+        raise RcrError(f"--backend {backend}: unknown; use one of {', '.join(backends())}")
     if device != "cpu" and not device.startswith("cuda"):
         raise RcrError(f"--device {device}: unknown device; use cpu or cuda")
-    cpu = device == "cpu"
-    if backend == "openvino" and not cpu:
-        raise RcrError("--backend openvino: OpenVINO runs on the CPU here; pass --device cpu, or --backend onnxruntime on CUDA")
-    ov = backend == "openvino" or (backend == "auto" and cpu and openvino_installed())
-    folder = model is not None and Path(model).is_dir()
-    path = default_checkpoint() if model is None else resolve(model)
-    if folder and ov and ir_path(path).is_file():
-        path = ir_path(path)  # the folder's FP32 IR, from 'export --format openvino'
-    engine = _engine_of(path)
-    if engine and backend not in ("auto", engine) and not (backend == "openvino" and path.suffix in (".pt", ".onnx")):
-        raise RcrError(
-            f"--backend {backend}: {path.name} runs on {engine}; pass --backend auto, or export the model "
-            "for that engine ('rcr-deploy export CKPT --format onnx,openvino')"
-        )
-    if path.suffix == ".pt":
-        ckpt = load_checkpoint(path)
-        deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
-        if ov:
-            from rcr_deploy.runtime.openvino_runner import CheckpointOnOpenVINO
-
-            return CheckpointOnOpenVINO(path, deploy, hint=hint, threads=threads)
-        return TorchRunner(deploy, f"torch-deploy:{path.name}", device=device)
-    if path.suffix == ".xml" or (path.suffix == ".onnx" and backend == "openvino"):
-        if not cpu:
-            raise RcrError(f"{path}: OpenVINO IRs run on the CPU here; pass --device cpu, or use the .onnx artifact on CUDA")
-        from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-
-        return OpenVINORunner(path, hint=hint, threads=threads)
-    if path.suffix == ".onnx":
-        from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device), threads=threads)
-    if path.suffix == ".engine":
-        if cpu:
-            raise RcrError(f"{path}: a TensorRT engine runs on a CUDA GPU only; pass --device cuda")
-        from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(path)
-    raise RcrError(
-        f"{path}: not a model this tool runs; pass a .pt checkpoint, a .onnx artifact, an OpenVINO .xml, a .engine or an export folder"
-    )
+    kind = "cpu" if device == "cpu" else "cuda"
+    chosen = by_backend(backend)
+    if chosen is not None and kind not in chosen.devices:
+        raise RcrError(f"--backend {backend}: {chosen.backend} runs on {' or '.join(chosen.devices)} only here; pass --device {chosen.devices[0]}, or --backend auto")
+    auto = [FORMATS[f] for f in AUTO if kind in FORMATS[f].devices and installed(FORMATS[f])] if backend == "auto" else [chosen]
+    if model is None or (Path(model).suffix == ".pt" and not Path(model).is_dir()):
+        return _checkpoint_runner(default_checkpoint() if model is None else Path(model), device, hint, backend, threads, auto)
+    path = Path(model)
+    if path.is_dir():
+        onnx = resolve(path)
+        fmt = next((f for f in auto if f is not None and format_path(onnx, f.name).is_file()), FORMATS["onnx"])
+        path = format_path(onnx, fmt.name)
+    else:
+        fmt = by_suffix(path.suffix)
+    if fmt is None or fmt.runner is None:
+        runnable = ", ".join(f"{f.suffixes[0]} ({f.title})" for f in FORMATS.values() if f.runner)
+        raise RcrError(f"{path}: not a model this tool runs here; pass a .pt checkpoint, an export folder or one of {runnable}")
+    if backend != "auto" and chosen is not fmt:
+        if chosen is None or fmt.name not in chosen.reads:
+            fix = "pass the .pt checkpoint" if chosen is None else _how_to_make(chosen)
+            raise RcrError(f"--backend {backend}: {path.name} runs on {fmt.backend}; pass --backend auto, or {fix}")
+        fmt = chosen
+    if kind not in fmt.devices:
+        raise RcrError(f"{path}: a {fmt.title} runs on {' or '.join(fmt.devices)} only; pass --device {fmt.devices[0]}")
+    return load(fmt.runner)(path, device=device, hint=hint, threads=threads)
 
 
-def _engine_of(path: Path) -> str | None:
-    """The engine a model file's format names (None for a file this tool does not run)."""
-    return {".pt": "torch", ".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt"}.get(path.suffix)
+def _checkpoint_runner(path: Path, device: str, hint: str, backend: str, threads: int | None, runtimes: list[Format | None]) -> Runner:
+    """A checkpoint's deploy form on torch, or on the first of `runtimes` that runs checkpoints."""
+    from rcr_deploy.runtime.torch_runner import TorchRunner  # a module of this package, which imports this one
+
+    if backend not in ("auto", "torch") and runtimes[0].checkpoint_runner is None:
+        raise RcrError(f"--backend {backend}: {path.name} runs on torch; pass --backend auto, or {_how_to_make(runtimes[0])}")
+    ckpt = load_checkpoint(path)
+    deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
+    on = next((f for f in runtimes if f is not None and f.checkpoint_runner), None) if backend != "torch" else None
+    if on is not None:
+        return load(on.checkpoint_runner)(path, deploy, hint=hint, threads=threads)
+    return TorchRunner(deploy, f"torch-deploy:{path.name}", device=device)
+
+
+def _how_to_make(fmt: Format) -> str:
+    """How a user gets a file that `fmt`'s runtime runs."""
+    if fmt.exporter is None:
+        return f"pass a {fmt.suffixes[0]} file ({fmt.title})"
+    return f"export the model for it ('rcr-deploy export CKPT --format onnx,{fmt.name}')"

@@ -8,7 +8,7 @@ import numpy as np
 
 from rcr_deploy.artifact import check_graph, read_manifest
 from rcr_deploy.errors import RcrError
-from rcr_deploy.runtime import Runner
+from rcr_deploy.runtime import Runner, onnxruntime_providers
 
 
 class OnnxRuntimeRunner(Runner):
@@ -50,3 +50,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _release(self) -> None:
         del self.session
+
+
+def open_runner(path: Path, device: str = "cpu", hint: str = "latency", threads: int | None = None) -> OnnxRuntimeRunner:
+    """The format table's runner entry (rcr_deploy.formats): an ONNX file on `device`'s providers."""
+    return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device), threads=threads)

@@ -8,7 +8,8 @@ The hints are set on purpose, never left to the plugin:
 `hint=None` / `precision=None` leave the plugin's own defaults, for benchmarks that measure them.
 
 With the latency hint, each input shape gets its own compiled copy of the model with that shape
-fixed (a few at most; batch 1 at load, others on first use): the CPU plugin runs a dynamic-batch
+fixed (batch 1 at load; the shapes given to `warm_up` there and then, kept for good; a few
+others on first use, the oldest dropped): the CPU plugin runs a dynamic-batch
 graph about 1.2-1.6x slower at batch 1 than the same graph reshaped to static, measured on the
 2-core VM. The dynamic graph is compiled only for a shape the plugin will not fix.
 
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -40,7 +41,8 @@ from rcr_deploy.runtime import Runner
 
 HINTS = ("latency", "throughput")
 PRECISION_HINTS = ("f32", "bf16")
-#: Static-shape compilations kept per runner (a video or a folder uses one shape, eval two).
+#: Static-shape compilations kept per runner besides those `warm_up` pinned (a video or a folder
+#: uses one shape, eval two).
 MAX_STATIC_SHAPES = 4
 #: Where the manifest (JSON text) sits in the IR's rt_info.
 RT_INFO_KEY = ["rcr_deploy", "manifest"]
@@ -153,6 +155,7 @@ class OpenVINORunner(Runner):
             check_graph(self.path, self.manifest, *([_dims(p) for p in ports] for ports in (model.inputs, model.outputs)))
             fixed = _batch_one(model) if hint == "latency" else None
             self.compiled = core.compile_model(fixed or model, "CPU", config)
+            self.compiles = 1
         except RcrError:
             raise
         except Exception as e:  # RuntimeError from the core, ovc's Error from convert_model: a truncated .bin, a newer IR, a corrupt file
@@ -168,6 +171,7 @@ class OpenVINORunner(Runner):
         self._core, self._model, self._config = core, model, config
         # input shape -> infer request of a static copy
         self._static: dict[tuple[int, ...], Any] = {tuple(fixed.input(0).shape): request} if fixed else {}
+        self._pinned: set[tuple[int, ...]] = set()  # warmed-up shapes, never dropped
         self._dynamic = None if fixed else request
         self.name = f"openvino:{self.path.name}"
 
@@ -192,15 +196,24 @@ class OpenVINORunner(Runner):
             parts.append(np.array(request.get_output_tensor(0).data, copy=True))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
+    def warm_up(self, shapes: Iterable[tuple[int, ...]]) -> None:
+        """Compile (under the latency hint) and run each shape now, and keep those copies for good."""
+        shapes = [tuple(s) for s in shapes]
+        if self.hint == "latency":
+            self._pinned.update(shapes)
+        super().warm_up(shapes)
+
     def _static_request(self, shape: tuple[int, ...]) -> Any:
         """An infer request of the model compiled with `shape` fixed; the dynamic one where the
         plugin refuses that shape (the dynamic model then reports the error as it would)."""
         if shape not in self._static:
-            if len(self._static) >= MAX_STATIC_SHAPES:
-                self._static.pop(next(iter(self._static)))
+            unpinned = [s for s in self._static if s not in self._pinned]
+            if len(unpinned) >= MAX_STATIC_SHAPES:
+                self._static.pop(unpinned[0])
             model = self._model.clone()
             try:
                 model.reshape({model.input(0): list(shape)})
+                self.compiles += 1
                 self._static[shape] = self._core.compile_model(model, "CPU", self._config).create_infer_request()
             except RuntimeError:
                 self._static[shape] = self._dynamic_request()
@@ -210,6 +223,7 @@ class OpenVINORunner(Runner):
         """The infer request of the model as read (dynamic batch); compiled on first need under the
         latency hint, which compiles a batch-1 copy at load instead."""
         if self._dynamic is None:
+            self.compiles += 1
             self._dynamic = self._core.compile_model(self._model, "CPU", self._config).create_infer_request()
         return self._dynamic
 
@@ -233,6 +247,11 @@ def _batch_one(model: Any) -> Any:
     fixed = model.clone()
     fixed.reshape({fixed.input(0): [1, *(d.get_length() for d in list(shape)[1:])]})
     return fixed
+
+
+def open_runner(path: Path, device: str = "cpu", hint: str = "latency", threads: int | None = None) -> OpenVINORunner:
+    """The format table's runner entry (rcr_deploy.formats): an IR or ONNX file on the CPU plugin."""
+    return OpenVINORunner(path, hint=hint, threads=threads)
 
 
 class CheckpointOnOpenVINO(Runner):
@@ -267,6 +286,14 @@ class CheckpointOnOpenVINO(Runner):
     def infer(self, x: np.ndarray) -> np.ndarray:
         self.prepare()
         return self._runner.infer(x)
+
+    def warm_up(self, shapes: Iterable[tuple[int, ...]]) -> None:
+        self.prepare()
+        self._runner.warm_up(shapes)
+
+    @property
+    def compiles(self) -> int:  # type: ignore[override]
+        return self._runner.compiles if self._runner is not None else 0
 
     def _release(self) -> None:
         if self._runner is not None:

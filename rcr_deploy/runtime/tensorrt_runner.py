@@ -133,3 +133,8 @@ class TensorRTRunner(Runner):
 
     def _release(self) -> None:
         self.context = self.engine = None
+
+
+def open_runner(path: Path, device: str = "cuda", hint: str = "latency", threads: int | None = None) -> TensorRTRunner:
+    """The format table's runner entry (rcr_deploy.formats): an engine on the current CUDA device."""
+    return TensorRTRunner(path)

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rcr_deploy.errors import RcrError
 from rcr_deploy.serve.protocol import (
-    BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, REPLICA_HEADER, SESSION_HEADER, SESSION_IDLE_S, RequestError,
+    BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S, SESSION_HEADER, SESSION_IDLE_S, RequestError,
     choose_output, decode_image, encode_result, error_body,
 )
 from rcr_deploy.serve.service import Item, SegmentService
@@ -54,7 +55,7 @@ class Segment:
         import torch
 
         torch.set_num_threads(threads)
-        self.service = SegmentService(model, session_idle_s, backend=backend, threads=threads)
+        self.service = SegmentService(model, session_idle_s, backend=backend, threads=threads, max_batch=max_batch)
         self.max_megapixels = max_megapixels
         self.replica = serve.get_replica_context().replica_tag
         self.run_batch.set_max_batch_size(max_batch)
@@ -121,17 +122,22 @@ def start(
     model: str | os.PathLike | None = None, replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 5.0,
     host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
     session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS, backend: str = "auto",
+    max_queued: int = MAX_QUEUED, request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> str:
     """Check the model here, start Ray and Serve, deploy `replicas` replicas; returns the URL.
 
     The model is loaded once in this process first, so a bad path fails with one line before Ray
     starts. `threads` (default: the cores shared out among the replicas) is the model's per replica;
-    `backend` as `runtime.load_runner`'s (each replica loads the model on it)."""
+    `backend` as `runtime.load_runner`'s (each replica loads the model on it).
+
+    Load shedding: each replica holds at most two batches (one running, one filling); past that
+    the HTTP proxy queues up to `max_queued` requests and answers the rest at once with 503 and
+    `Retry-After: 1`. A request not answered within `request_timeout_s` gets 408."""
     from rcr_deploy.infer import Segmenter
     from rcr_deploy.runtime import load_runner
 
-    if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
-        raise RcrError("--replicas and --max-batch must be at least 1 and --batch-wait-ms at least 0")
+    if replicas < 1 or max_batch < 1 or batch_wait_ms < 0 or max_queued < 1 or request_timeout_s <= 0:
+        raise RcrError("--replicas, --max-batch and --max-queued must be at least 1, --batch-wait-ms at least 0 and --request-timeout-s above 0")
     model_arg = None if model is None else str(Path(model).resolve())  # replicas may run elsewhere
     with load_runner(model_arg, backend=backend) as runner:
         Segmenter(runner)  # infer's checks of the artifact, so serve accepts the models infer and eval do
@@ -144,9 +150,12 @@ def start(
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     logger.setLevel(logging.WARNING)  # the CLI prints its own progress and URL lines
-    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s}, logging_config=quiet)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
-    app = Segment.options(num_replicas=replicas, max_ongoing_requests=max(32, 2 * max_batch)).bind(
+    app = Segment.options(
+        num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
+    ).bind(
         model_arg, max_batch, batch_wait_ms / 1000.0, threads, session_idle_s, max_megapixels, backend
     )
     serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)

@@ -32,6 +32,12 @@ MAX_BODY_BYTES = 32 * 2**20
 #: Largest image in megapixels. A decoded frame costs ~30 bytes per pixel on the replica (RGB,
 #: the float probability, the letterbox square), so 24 MP (6000x4000) stays under ~1 GB per request.
 MAX_MEGAPIXELS = 24.0
+#: Requests the HTTP proxy queues beyond the replicas' two batches each; more get 503 at once.
+MAX_QUEUED = 64
+#: A request not answered in this many seconds gets 408 (Ray Serve's answer to its own timeout).
+REQUEST_TIMEOUT_S = 30.0
+#: What a shed request's `Retry-After` header says, in seconds.
+RETRY_AFTER_S = 1.0
 #: A video session's previous mask is dropped after this many seconds without a frame.
 SESSION_IDLE_S = 60.0
 

@@ -1,6 +1,12 @@
 """What one replica does, without Ray: a batch of frames -> one model call -> a mask per frame,
 with the previous mask of each video stream kept as its next prior.
 
+Every batch size the replica can run is compiled when it starts (`batch_buckets`): OpenVINO
+compiles one copy of the model per input shape, and a compilation in the middle of serving holds
+the whole batch (and the queue behind it) for tens to hundreds of milliseconds. Up to 8 each
+size has its own copy; past 8 a batch is padded with zeros up to the next power of two (or the
+largest batch), so a `--max-batch 64` replica compiles 11 copies, not 64.
+
 Preprocessing and postprocessing are `infer.Segmenter`'s, read from the model's manifest, so a
 served mask is the mask local `rcr-deploy infer` writes for the same frame.
 """
@@ -22,6 +28,24 @@ from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.serve.protocol import SESSION_IDLE_S
 
+#: Batch sizes up to this get their own compiled copy; larger ones are padded (`batch_buckets`).
+EXACT_BATCH = 8
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a replica compiles for batches of 1..max_batch: each size up to
+    EXACT_BATCH, then powers of two, and max_batch itself."""
+    sizes = list(range(1, min(max_batch, EXACT_BATCH) + 1))
+    b = EXACT_BATCH * 2
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sorted(set(sizes) | {max_batch})
+
+
+def bucket(n: int, buckets: list[int]) -> int:
+    """The smallest compiled batch size that holds n frames."""
+    return next(b for b in buckets if b >= n)
 
 
 def model_manifest(runner: Runner, segmenter: Segmenter) -> dict[str, Any]:
@@ -44,10 +68,18 @@ class SegmentService:
     """A runner, its Segmenter, and the per-stream priors of one replica."""
 
     def __init__(
-        self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S, backend: str = "auto", threads: int | None = None
+        self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S, backend: str = "auto",
+        threads: int | None = None, max_batch: int = 1,
     ) -> None:
+        """Loads the model and compiles it for every batch of 1..max_batch frames (the replica's
+        start-up, before it takes traffic)."""
         self.runner = load_runner(model, backend=backend, threads=threads)
         self.segmenter = Segmenter(self.runner)
+        self.buckets = batch_buckets(max_batch)
+        size = self.segmenter.size
+        self.runner.warm_up([(b, self.runner.in_channels, size, size) for b in self.buckets])
+        #: Compilations the warm-up made; a later one means a request waited on a compiler.
+        self.warm_compiles = self.runner.compiles
         self.manifest = model_manifest(self.runner, self.segmenter)
         self.session_idle_s = session_idle_s
         #: session id -> (previous mask at frame size, time of its last frame)
@@ -66,6 +98,8 @@ class SegmentService:
                 resized, box = seg.letterbox(item.rgb)
                 boxes.append(box)
                 inputs.append(seg.model_input(resized, box, self._prior(item)))
+            padded = bucket(len(inputs), self.buckets) if len(inputs) <= self.buckets[-1] else len(inputs)
+            inputs += [np.zeros_like(inputs[0])] * (padded - len(inputs))
             logits = self.runner.infer(np.concatenate(inputs))
             probs = [seg.probability(logits[i : i + 1], box) for i, box in enumerate(boxes)]
             now = time.monotonic()
@@ -88,4 +122,7 @@ class SegmentService:
             del self.sessions[sid]
 
     def stats(self) -> dict[str, Any]:
-        return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}, "sessions": len(self.sessions)}
+        return {
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}, "sessions": len(self.sessions),
+            "compiles": {"warm_up": self.warm_compiles, "since": self.runner.compiles - self.warm_compiles},
+        }

@@ -34,10 +34,18 @@ from rcr_deploy.benchmarks import peer as mediapipe
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
 from rcr_deploy.artifact import ARTIFACT_NAMES, format_path
-from rcr_deploy.errors import RcrError
-from rcr_deploy.evaluate import evaluate, foreground_prob
+from rcr_deploy.errors import TYPED, RcrError, report
+from rcr_deploy.evaluate import evaluate
+from rcr_deploy.postprocess import foreground_prob
 from rcr_deploy.fileio import atomic_path, write_text_atomic
 from rcr_deploy.runtime import Runner
+from rcr_deploy.benchmarks.cost import count_macs_onnx
+from rcr_deploy.data.folder import list_pairs
+from rcr_deploy.exporters.pipeline import export
+from rcr_deploy.exporters.precision import load_batch
+from rcr_deploy.preprocess import list_images
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
 #: name -> what it is. ov-int8 is the INT8 IR that `export --format openvino` ships; ov-int8-qdq
 #: is the alternative it was measured against.
@@ -60,9 +68,6 @@ BATCH = 8
 
 def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
     """Every engine of ENGINES on one export folder."""
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-
     fp32, int8 = folder / ARTIFACT_NAMES["fp32"], folder / ARTIFACT_NAMES["int8"]
     runners: dict[str, Runner] = {
         "ort-fp32": OnnxRuntimeRunner(fp32, threads=threads),
@@ -90,10 +95,6 @@ def measure_size(
 ) -> dict[str, Any]:
     """Export at `size`, then time, score and compare every engine on it (and time `peer`'s model,
     {"model": SelfieSegmenter, "fg_miou": ..., "n_images": ...}, in the same batch-1 rounds)."""
-    from rcr_deploy.benchmarks.cost import count_macs_onnx
-    from rcr_deploy.exporters.pipeline import export
-    from rcr_deploy.exporters.precision import load_batch
-
     folder = tmp / str(size)
     export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats="onnx,openvino", progress=False)
     runners = load_engines(folder, args.threads)
@@ -311,20 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes {args.sizes}: expected comma-separated integers, e.g. 160,192,224")
     if any(s < 32 or s % 32 for s in sizes):
         parser.error(f"--sizes {args.sizes}: every size must be a positive multiple of 32, e.g. 160,192,224,256")
-    from rcr_deploy.data.folder import list_pairs
-    from rcr_deploy.preprocess import list_images
 
-    try:
-        val = [p.image for p in list_pairs(args.data, "val")][: args.val_limit] if args.data else []
-        if args.calib_dir is None and args.data is None:
-            raise RcrError("INT8 needs calibration images: pass --data DIR (a labelled folder) or --calib DIR")
-        if args.calib_dir is None:
-            calib = [p.image for p in list_pairs(args.data, "train")][: args.calib_count]
-        else:
-            calib = list_images(args.calib_dir, "calibration")[: args.calib_count]
-    except RcrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    val = [p.image for p in list_pairs(args.data, "val")][: args.val_limit] if args.data else []
+    if args.calib_dir is None and args.data is None:
+        raise RcrError("INT8 needs calibration images: pass --data DIR (a labelled folder) or --calib DIR")
+    if args.calib_dir is None:
+        calib = [p.image for p in list_pairs(args.data, "train")][: args.calib_count]
+    else:
+        calib = list_images(args.calib_dir, "calibration")[: args.calib_count]
     import openvino
 
     peer, peer_note = _load_peer(args)
@@ -372,4 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except TYPED as e:
+        sys.exit(report(e))

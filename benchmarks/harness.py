@@ -31,10 +31,18 @@ from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, require_usable
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, require_usable, resolve
 from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.formats import FORMATS, Format, bench_targets, by_suffix, installed, load
 from rcr_deploy.runtime import Runner, onnxruntime_providers
+from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_checkpoint
+from rcr_deploy.exporters import tensorrt as trt_export
+from rcr_deploy.exporters.onnx import export_onnx
+from rcr_deploy.fileio import sha256_file
+from rcr_deploy.models import VARIANTS
+from rcr_deploy.reparam import reparameterize
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rcr_deploy.runtime.torch_runner import TorchRunner
 
 SCHEMA = "rcr-deploy-bench/1"
 BASELINE = "torch-train"
@@ -192,9 +200,6 @@ def _no_artifact(out_dir: Path) -> RcrError:
 def _checkpoint_path(config: BenchConfig) -> Path:
     """--ckpt, else the checkpoint the FP32 artifact was exported from (the manifest records its
     path and sha256: found there, in this folder, or as the built-in model), else the built-in model."""
-    from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint
-    from rcr_deploy.fileio import sha256_file
-
     if config.ckpt is not None:
         return config.ckpt
     source = config.artifacts[0] if config.artifacts else _artifact(config.out_dir, "fp32")
@@ -212,15 +217,8 @@ def _checkpoint_path(config: BenchConfig) -> Path:
 
 def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, str]], dict[str, Any]]:
     """The targets to time (baseline first), the ones skipped with their reasons, and the model facts."""
-    from rcr_deploy.checkpoint import load_checkpoint
-    from rcr_deploy.models import VARIANTS
-    from rcr_deploy.reparam import reparameterize
-    from rcr_deploy.runtime.torch_runner import TorchRunner
-
     if config.engines:  # fail fast, before any slow work, on a machine that cannot build engines
-        from rcr_deploy.exporters.tensorrt import require_tensorrt
-
-        require_tensorrt()
+        trt_export.require_tensorrt()
     needs_artifact = any(format_target(b) for b in config.backends)
     if (needs_artifact or config.engines) and not _artifact(config.out_dir, "fp32").is_file():
         raise _no_artifact(config.out_dir)
@@ -337,9 +335,6 @@ def _unfused_target(
 ) -> Target:
     """An ONNX export of the train form, beside a timed export of the deploy form by the same
     exporter, so the fused-vs-unfused comparison isolates the re-parameterisation."""
-    from rcr_deploy.exporters.onnx import export_onnx
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
     hw = (config.size, config.size)
     path = tmp / "rcrnet-unfused.onnx"
     start = time.perf_counter()
@@ -361,9 +356,6 @@ def _tensorrt_target(precision: str, config: BenchConfig, in_channels: int) -> T
     """The TensorRT engine of an exported artifact, built (and cached) if missing. A missing
     artifact is not made here (bench measures, export writes): the error names the export command.
     Export's own one-line errors pass through: no TensorRT, no GPU, an engine for another TensorRT or GPU."""
-    from rcr_deploy.artifact import resolve
-    from rcr_deploy.exporters import tensorrt as trt_export
-
     artifact = resolve(config.out_dir, precision)
     # The export's default profile (max batch 8) is reused unless a larger batch is asked for.
     options = trt_export.EngineOptions(
@@ -375,8 +367,6 @@ def _tensorrt_target(precision: str, config: BenchConfig, in_channels: int) -> T
 def _engine_target(engine: Path, config: BenchConfig, in_channels: int, artifact: Path | None = None, precision: str | None = None) -> Target:
     """A TensorRT engine as it is; its MACs are counted on the ONNX artifact it was built from
     (named in its manifest, found beside its engines/ folder)."""
-    from rcr_deploy.exporters import tensorrt as trt_export
-
     trt_export.require_tensorrt()
     record = _manifest(engine)
     precision = precision or record.get("precision", "fp32")

@@ -20,6 +20,9 @@ import onnx
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR
+from rcr_deploy.benchmarks.machine import machine_info
+from rcr_deploy.exporters.precision import _ImageReader
+from rcr_deploy.preprocess import list_images
 
 # Op types that tell the story: quantised kernels, float fallbacks, layout changes, Q/DQ glue.
 SHOWN_OPS = ("QLinearConv", "Conv", "FusedConv", "ConvTranspose", "Transpose", "ReorderInput", "ReorderOutput", "QuantizeLinear", "DequantizeLinear", "Relu", "QLinearAdd", "Add")
@@ -29,8 +32,6 @@ def quantize_variants(fp32: Path, calib: list[Path], size: int, in_channels: int
     """Q/DQ placements for ORT's CPU kernels: uint8 asymmetric activations (ORT's fastest
     QLinearConv path on x86), per-channel int8 weights, removable Relus folded into the conv."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from rcr_deploy.exporters.precision import _ImageReader  # the export's own calibration reader, reused
 
     variants = {
         "ort-qdq-u8s8": ("uint8 activations (asymmetric), int8 per-channel weights, all ops ORT quantises", QuantType.QUInt8, {}, None),
@@ -65,9 +66,6 @@ def study(export_dir: Path, calib_dir: Path, calib_count: int, threads: int, ite
     """Quantise, inspect and time; returns the markdown report."""
     import numpy as np
     import onnxruntime as ort
-
-    from rcr_deploy.benchmarks.machine import machine_info
-    from rcr_deploy.preprocess import list_images
 
     fp32 = export_dir / ARTIFACT_NAMES["fp32"]
     shape = [d.dim_value for d in onnx.load(str(fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]

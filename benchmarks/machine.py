@@ -18,7 +18,7 @@ RESULTS = Path("benchmarks") / "results"
 
 import torch
 
-_PACKAGES = ("rcr-deploy", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxsim", "tensorrt", "polygraphy")
+_PACKAGES = ("rcr-deploy", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxsim", "tensorrt")
 # CPU features that decide how fast INT8 and FP32 kernels can be on x86.
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 

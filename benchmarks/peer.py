@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rcr_deploy.errors import BackendUnavailable
 from rcr_deploy.metrics import IoUMeter
+from rcr_deploy.data.folder import list_pairs, load_pair
 
 MODEL_FILE = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
 SIZE = 256
@@ -78,8 +79,6 @@ class SelfieSegmenter:
 
 def fg_miou(peer: SelfieSegmenter, data: str | os.PathLike, split: str = "val", limit: int | None = None) -> tuple[float, int]:
     """Mean per-image foreground IoU (%) of the peer on `data`'s split, and the image count."""
-    from rcr_deploy.data.folder import list_pairs, load_pair
-
     meter = IoUMeter()
     for pair in tqdm(list_pairs(data, split)[:limit], desc="eval mediapipe", unit="img", leave=False):
         rgb, mask = load_pair(pair)

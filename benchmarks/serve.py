@@ -35,7 +35,7 @@ from tqdm import tqdm
 from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.fileio import atomic_path, write_text_atomic
-from rcr_deploy.demo import SAMPLE_IMAGE
+from rcr_deploy.data import SAMPLE_IMAGE
 from rcr_deploy.infer import Segmenter
 from rcr_deploy.preprocess import load_image
 from rcr_deploy.runtime import load_runner

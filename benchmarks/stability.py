@@ -25,12 +25,11 @@ from rcr_deploy.runtime import load_runner
 from rcr_deploy.video import stability
 
 from rcr_deploy.benchmarks.machine import RESULTS
+from rcr_deploy.checkpoint import default_checkpoint
 FIELDS = ("pred_consecutive_iou", "gt_consecutive_iou", "flicker", "fg_iou")
 
 
 def measure(model: str | None, clips: int, frames: int, height: int, width: int) -> dict:
-    from rcr_deploy.checkpoint import default_checkpoint
-
     path = default_checkpoint() if model is None else Path(model)
     segmenter = Segmenter(load_runner(path))
     per_clip = []

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.runtime import Runner
+from rcr_deploy.runtime.torch_runner import TorchRunner
 
 
 def timed_on_cpu(fn: Callable[[], Any]) -> Callable[[], int]:
@@ -45,8 +46,6 @@ def timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) ->
     """The timed call of one runner on one batch. Torch and TensorRT on a GPU run on device-resident
     tensors, timed with CUDA events (torch optionally as a CUDA-graph replay); everything else
     goes through `Runner.infer` (host arrays in and out), timed with perf_counter_ns."""
-    from rcr_deploy.runtime.torch_runner import TorchRunner
-
     if not device.startswith("cuda") or not hasattr(runner, "infer_torch"):
         # CPU, and onnxruntime's CUDA provider: synchronous host calls
         return timed_on_cpu(lambda: runner.infer(x))

@@ -33,9 +33,11 @@ import numpy as np
 from rcr_deploy.artifact import ARTIFACT_NAMES, manifest_path
 from rcr_deploy.benchmarks.machine import machine_info
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
+from rcr_deploy.data import SAMPLE_IMAGE
 from rcr_deploy.errors import RcrError
 from rcr_deploy.exporters.web import WEB_DIR
 from rcr_deploy.fileio import write_text_atomic
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 #: Debian's Chromium (`apt-get install chromium`); Playwright's own browser download is not used.
 CHROMIUM = "/usr/bin/chromium"
@@ -47,7 +49,6 @@ CHROMIUM_ARGS = [
     "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
 ]  # fmt: skip
 PAGE_TIMEOUT_S = 300
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "rcr_deploy" / "assets" / "astronaut-eileen-collins.jpg"
 
 
 @contextlib.contextmanager
@@ -112,8 +113,6 @@ def _page_call(page: Any, what: str) -> Callable[[], int]:
 
 def run(export_dir: Path, iters: int, max_seconds: float, threads: tuple[int, ...]) -> dict[str, Any]:
     """Time every target in interleaved turns; returns the report (targets, stats, ratios, machine)."""
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
     web = export_dir / WEB_DIR
     if not (web / "index.html").is_file():
         raise RcrError(f"{export_dir}: no {WEB_DIR}/ folder; export with 'rcr-deploy export --format onnx,web --out {export_dir}'")

@@ -7,7 +7,7 @@ the INT8 Q/DQ artifact, it ran as fast or faster and agreed better with FP32 (do
 Each IR is validated against the ONNX artifact it was made from (FP32 for the INT8 IR).
 
 Every IR carries the ONNX artifact's manifest plus an `openvino` record (source, weights file,
-versions) and its own validation, in its rt_info (`RT_INFO_KEY`) and in the `<name>.xml.json` sidecar.
+versions) and its own validation, in its rt_info (`artifact.IR_RT_INFO_KEY`) and in the `<name>.xml.json` sidecar.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rcr_deploy.artifact import format_path, read_manifest, write_manifest
+from rcr_deploy.artifact import IR_RT_INFO_KEY, format_path, read_manifest, write_manifest
 from rcr_deploy.errors import ExportError, VerificationError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.reparam import Tolerance
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner, require_openvino
+from rcr_deploy.runtime.openvino_runner import OpenVINORunner, require_openvino
 
 from rcr_deploy.exporters import FormatJob
 from rcr_deploy.exporters import onnx as onnx_export
@@ -127,7 +127,7 @@ def export_ir(
         "runtime_hints": "rcr-deploy sets PERFORMANCE_HINT (LATENCY for one image or video, THROUGHPUT for "
         "folders and batches) and INFERENCE_PRECISION_HINT f32 (bf16 only when asked)",
     }
-    model.set_rt_info(json.dumps(record), RT_INFO_KEY)
+    model.set_rt_info(json.dumps(record), list(IR_RT_INFO_KEY))
     ov.save_model(model, str(xml), compress_to_fp16=False)
     write_manifest(xml, record)
     return xml, summary

@@ -44,7 +44,9 @@ from rcr_deploy.exporters import manifest as manifests
 from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.exporters import precision as prec
 from rcr_deploy.exporters.onnx import TOLERANCES
-from rcr_deploy.exporters.tensorrt import EngineOptions
+from rcr_deploy.exporters.tensorrt import EngineOptions, build_engine, require_tensorrt, validate_engine
+from rcr_deploy.data.folder import list_pairs
+from rcr_deploy.evaluate import evaluate
 
 PRECISIONS = tuple(ARTIFACT_NAMES)
 #: The newest opset that torch's exporter converts to and onnxruntime loads (checked with torch 2.13; 26 needs a fallback converter).
@@ -207,12 +209,8 @@ def check_inputs(
         raise RcrError("INT8 needs calibration images: pass --calib DIR, a folder of your own photos (a few hundred is plenty)")
     val_images = []
     if val is not None:
-        from rcr_deploy.data.folder import list_pairs
-
         val_images = [p.image for p in list_pairs(val)[:val_limit]]
     if engine:
-        from rcr_deploy.exporters.tensorrt import require_tensorrt
-
         require_tensorrt()
     loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
     options = (engine_options or EngineOptions(size=(size, size))) if engine else None
@@ -269,8 +267,6 @@ def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
 
 def _scores(runner: Runner, plan: Plan) -> dict[str, Any]:
     """One model's mIoU on the --val folder."""
-    from rcr_deploy.evaluate import evaluate
-
     report = evaluate(runner, plan.val, size=plan.size[0], limit=plan.val_limit, progress=plan.progress)
     return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "n_images": report.n_images}
 
@@ -346,7 +342,6 @@ def build_engines(staged: Staged, summaries: list[dict[str, Any]]) -> dict[str, 
     plan = staged.graph.deployed.plan
     if plan.engine_options is None:
         return {}
-    from rcr_deploy.exporters.tensorrt import build_engine, validate_engine
 
     engines = {}
     for p, artifact in staged.paths.items():

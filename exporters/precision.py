@@ -37,7 +37,9 @@ from rcr_deploy.errors import DataError, ExportError, RcrError, VerificationErro
 from rcr_deploy.preprocess import load_image, preprocess
 from rcr_deploy.reparam import Tolerance
 
-from rcr_deploy.exporters.onnx import INPUT_NAME
+from rcr_deploy.exporters.onnx import INPUT_NAME, validate
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from rcr_deploy.runtime.openvino_runner import OpenVINORunner
 
 FP16_MAX = float(np.finfo(np.float16).max)
 #: Op types that must stay un-quantised (TensorRT runs them in float; Q/DQ there costs accuracy).
@@ -161,10 +163,6 @@ def check_across_runtimes(path: Path, inputs: dict[str, np.ndarray]) -> list[dic
     """Run the INT8 artifact on ONNX Runtime without graph optimisations and on OpenVINO, each
     against ONNX Runtime with all of them, within `CROSS_RUNTIME`; raise `VerificationError`
     beyond it. Returns the validation summaries."""
-    from rcr_deploy.exporters.onnx import validate
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-    from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-
     tol, agreement = CROSS_RUNTIME
     reference = OnnxRuntimeRunner(path)
     summaries = []

@@ -16,16 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rcr_deploy.artifact import manifest_path, read_manifest, resolve, write_manifest
+from rcr_deploy.artifact import TIMING_CACHE, engines_writer, manifest_path, read_manifest, resolve, write_manifest
 from rcr_deploy.errors import ExportError, ManifestError, RcrError
 from rcr_deploy.fileio import atomic_path, sha256_file
 from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner, gpu_identity, require_tensorrt
 
-from rcr_deploy.exporters.onnx import TOLERANCES
+from rcr_deploy.exporters.onnx import TOLERANCES, validate, validation_inputs
+from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
 __all__ = ["EngineOptions", "TensorRTRunner", "build_engine", "cache_key", "profile_shapes", "require_tensorrt"]
-
-TIMING_CACHE_NAME = "timing.cache"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +104,23 @@ def build_engine(
         except ManifestError:
             print(f"note: the cached engine {out} is damaged; building it again", file=sys.stderr)
     shapes = profile_shapes(_input_shape(onnx_path), options)
-    timing_path = out.parent / TIMING_CACHE_NAME
-    serialized, timing = _build(trt, onnx_path, shapes, options, timing_path.read_bytes() if timing_path.is_file() else b"")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(serialized)
-    if timing is not None:
-        with atomic_path(timing_path) as tmp:
-            tmp.write_bytes(timing)
+    timing_path = out.parent / TIMING_CACHE
+    # The engines folder of an export folder is its published set's: written under the export's lock.
+    with engines_writer(out.parent.parent):
+        serialized, timing = _build(trt, onnx_path, shapes, options, timing_path.read_bytes() if timing_path.is_file() else b"")
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(serialized)
+        if timing is not None:
+            with atomic_path(timing_path) as tmp:
+                tmp.write_bytes(timing)
+        _write_engine_manifest(out, source, onnx_path, key, identity, shapes, options)
+    return out
+
+
+def _write_engine_manifest(
+    out: Path, source: dict[str, Any], onnx_path: Path, key: str, identity: dict[str, str], shapes: tuple[tuple[int, ...], ...], options: EngineOptions
+) -> None:
+    """The engine's sidecar: its ONNX artifact's manifest plus what it was built from and for."""
     engine_record = {
         "source": onnx_path.name,
         "cache_key": key,
@@ -120,7 +129,6 @@ def build_engine(
         "options": dataclasses.asdict(options),
     }
     write_manifest(out, {**{k: v for k, v in source.items() if k != "artifact"}, "engine": engine_record})
-    return out
 
 
 def _build(trt: Any, onnx_path: Path, shapes: tuple[tuple[int, ...], ...], options: EngineOptions, timing_cache: bytes) -> tuple[bytes, bytes | None]:
@@ -158,9 +166,6 @@ def validate_engine(engine: str | os.PathLike, artifact: str | os.PathLike, seed
     interface, as export compares ONNX Runtime with torch. Returns the `Validation` (truthy if passed).
 
     FP32 engines are held to the FP16 tolerance: TensorRT may pick TF32 kernels for FP32 convolutions."""
-    from rcr_deploy.exporters.onnx import validate, validation_inputs
-    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
     with TensorRTRunner(engine) as runner, OnnxRuntimeRunner(artifact) as reference:
         precision = (reference.manifest or {}).get("precision", "fp32")
         tol, agreement = TOLERANCES["fp16" if precision == "fp32" else precision]

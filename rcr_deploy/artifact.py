@@ -16,7 +16,9 @@ the folder is a working export set).
 
 API: `resolve` (a file or an export folder -> the artifact), `read_manifest` (sidecar, else the
 copy embedded in the ONNX; schema-checked; sha256 verified), `write_manifest` (schema-checked,
-atomic), `check_manifest` / `check_own_manifest`, `ExportSet` (lock, stage, commit).
+atomic), `check_manifest` / `check_own_manifest`, `ExportSet` (lock, stage, commit: the one
+writer of a set), `engines_writer` (the one other writer: TensorRT engines added to the published
+set after the export, under the same lock).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from xml.etree import ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +45,17 @@ from rcr_deploy.formats import FORMATS
 DEFAULT_OUT_DIR = Path("rcr-deploy-out")
 #: Artifact file names inside an export folder, by precision.
 ARTIFACT_NAMES = {"fp32": "rcrnet.onnx", "fp16": "rcrnet-fp16.onnx", "int8": "rcrnet-int8.onnx"}
-#: The ONNX metadata_props key holding the manifest inside the artifact (read when the sidecar is lost).
+#: Where the manifest sits inside an artifact (read when the sidecar is lost): the ONNX
+#: metadata_props key, and the OpenVINO IR's rt_info path (`<rt_info><rcr_deploy><manifest value=...>`).
 MANIFEST_METADATA_KEY = "rcr_deploy.manifest"
+IR_RT_INFO_KEY = ("rcr_deploy", "manifest")
 #: The manifest's `format` and `version`; the schema of that version ships as manifest.schema.json.
 MANIFEST_FORMAT = "rcr-deploy-manifest"
 MANIFEST_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-#: The folder of TensorRT engines inside an export set.
+#: The folder of TensorRT engines inside an export set, and TensorRT's timing cache in it.
 ENGINES = "engines"
+TIMING_CACHE = "timing.cache"
 CURRENT = "current"
 VERSIONS = ".versions"
 STAGING_PREFIX = ".staging-"
@@ -208,7 +215,14 @@ def _loads(text: str | bytes, source: Path) -> Any:
 
 
 def _embedded(artifact: Path) -> str | None:
-    import onnx
+    """The manifest text embedded in an ONNX model or an OpenVINO IR, or None."""
+    if artifact.suffix == ".xml":
+        try:
+            found = ElementTree.parse(artifact).getroot().find("rt_info/" + "/".join(IR_RT_INFO_KEY))
+        except ElementTree.ParseError as e:
+            raise ManifestError(f"{artifact}: not a readable OpenVINO IR ({e}); re-export it") from e
+        return None if found is None else found.get("value")
+    import onnx  # heavy; only a sidecar-less ONNX artifact needs it
 
     try:
         model = onnx.load_model(str(artifact), load_external_data=False)
@@ -218,9 +232,10 @@ def _embedded(artifact: Path) -> str | None:
 
 
 def read_manifest(artifact: str | os.PathLike, *, missing_ok: bool = False, verify: bool = True) -> dict[str, Any] | None:
-    """The manifest of an artifact (an `.onnx`, an `.engine`, or an export folder's FP32 artifact).
+    """The manifest of an artifact (an `.onnx`, an OpenVINO `.xml`, an `.engine`, or an export
+    folder's FP32 artifact).
 
-    Its JSON sidecar, else (for ONNX) the copy embedded in the model's metadata_props. The result
+    Its JSON sidecar, else the copy embedded in the model (ONNX metadata_props, IR rt_info). The result
     is checked against the schema, and with `verify` a sidecar's `artifact.sha256` against the
     file. Every failure is a `ManifestError` (exit 2) naming the file and the fix; no manifest at
     all gives None with `missing_ok`, else `ManifestError`."""
@@ -236,7 +251,7 @@ def read_manifest(artifact: str | os.PathLike, *, missing_ok: bool = False, veri
         if verify and recorded and artifact.is_file():
             verify_bytes(artifact, recorded, sidecar)
         return manifest
-    embedded = _embedded(artifact) if artifact.suffix == ".onnx" and artifact.is_file() else None
+    embedded = _embedded(artifact) if artifact.suffix in (".onnx", ".xml") and artifact.is_file() else None
     if embedded is not None:
         return check_manifest(_loads(embedded, artifact), f"{artifact} (embedded manifest)")
     if missing_ok:
@@ -308,14 +323,9 @@ class ExportSet:
         versions = self.out_dir / VERSIONS
         try:
             versions.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.out_dir / LOCK, "a+")
         except OSError as e:
             raise RcrError(f"cannot write to {self.out_dir}: {e.strerror}; choose a writable folder with --out") from e
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise RcrError(f"{self.out_dir}: another export is writing to this folder; wait for it to finish or choose another --out") from None
+        self._lock = _take_lock(self.out_dir)
         # Holding the lock, any staging folder is a dead writer's leftover.
         for stale in versions.glob(STAGING_PREFIX + "*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -323,7 +333,7 @@ class ExportSet:
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{stamp}-", dir=versions))
         os.chmod(self.path, umask_mode(0o777))  # mkdtemp's 0700 would hide the published set from other users
         (self.path / ENGINES).mkdir()
-        timing = self.out_dir / CURRENT / ENGINES / "timing.cache"
+        timing = self.out_dir / CURRENT / ENGINES / TIMING_CACHE
         if timing.is_file():  # TensorRT's timing cache outlives the set it was made for
             shutil.copy2(timing, self.path / ENGINES / timing.name)
         return self
@@ -358,6 +368,42 @@ class ExportSet:
     def __exit__(self, *exc: object) -> None:
         if self.path.name.startswith(STAGING_PREFIX):
             shutil.rmtree(self.path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        _release_lock(self._lock)
+
+
+@contextlib.contextmanager
+def engines_writer(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder`'s writer lock while TensorRT engines and their timing cache are written into
+    its published set's engines/ (`build`, `bench --engine`: an engine is made for one GPU, after
+    the export). The lock is `ExportSet`'s, so an engine never lands in a set an export is
+    replacing, and two builds never write one cache at once. A folder that is not an export
+    folder (`build --cache-dir`) has no lock to take."""
+    folder = Path(folder)
+    if not (folder / LOCK).exists():
+        yield
+        return
+    lock = _take_lock(folder)
+    try:
+        yield
+    finally:
+        _release_lock(lock)
+
+
+def _take_lock(out_dir: Path) -> Any:
+    """`out_dir`'s writer lock, held (flock), or `RcrError` while another writer holds it."""
+    try:
+        lock = open(out_dir / LOCK, "a+")
+    except OSError as e:
+        raise RcrError(f"cannot write to {out_dir}: {e.strerror}; choose a writable folder with --out") from e
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RcrError(f"{out_dir}: another export is writing to this folder; wait for it to finish or choose another --out") from None
+    return lock
+
+
+def _release_lock(lock: Any) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()

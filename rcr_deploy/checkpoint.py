@@ -165,15 +165,11 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, require_fo
         raise CheckpointError(f"{path}: its first convolution takes {in_channels} channels; rcr-deploy feeds RGB (3) or RGB + prior mask (4)")
     if num_classes != 2:
         raise CheckpointError(f"{path}: its head has {num_classes} classes; rcr-deploy serves person/background (2) models only")
-    model = build_model(arch, in_channels=in_channels, num_classes=num_classes)
-    deploy_keys = set(reparam.reparameterize(model).state_dict())
-    form = "deploy" if set(state_dict) == deploy_keys else "train"
-    if form == "deploy":
-        if require_form == "train":
-            raise CheckpointError(
-                f"{path}: a deploy-form checkpoint; this step needs the train-form checkpoint it was made from"
-            )
-        model = reparam.reparameterize(model)
+    deploy = build_model(arch, in_channels=in_channels, num_classes=num_classes, deploy=True)
+    form = "deploy" if set(state_dict) == set(deploy.state_dict()) else "train"
+    if form == "deploy" and require_form == "train":
+        raise CheckpointError(f"{path}: a deploy-form checkpoint; this step needs the train-form checkpoint it was made from")
+    model = deploy if form == "deploy" else build_model(arch, in_channels=in_channels, num_classes=num_classes)
     _load_strict(model, state_dict, path, arch)
     model.eval()
     return Checkpoint(model=model, arch=arch, form=form, path=path, sha256=sha256_file(path), meta=meta, raw=raw)

@@ -1,8 +1,11 @@
 """The `rcr-deploy` command line: thin typer commands that parse options and call the library.
 
-Errors become one line on stderr (a traceback only with --debug), by class (rcr_deploy.errors):
-bad input (`RcrError`) exits 2; a failed check (`VerificationError`) exits 1; our own defect
-(`InternalError`) exits 1 and says it is a bug.
+Errors become one line on stderr (a traceback only with --debug), by class, through the one
+mapping `errors.report`: bad input (`RcrError`) exits 2; a failed check (`VerificationError`)
+exits 1; our own defect (`InternalError`) exits 1 and says it is a bug.
+
+Each command imports the library it calls inside its body: `rcr-deploy --help` and a command's
+option errors then answer without loading torch, OpenVINO or Ray, which take seconds.
 
 Why one file of about 700 lines: the design card keeps the whole command line in cli.py, and most
 of its length is the commands' option declarations; each command body only parses and calls.
@@ -11,6 +14,7 @@ of its length is the commands' option declarations; each command body only parse
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -23,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcr_deploy.errors import InternalError, RcrError, VerificationError
+from rcr_deploy.errors import TYPED, RcrError, VerificationError, report
 from rcr_deploy.formats import AUTO, FORMATS, backends
 from rcr_deploy.serve import protocol as serve_limits
 
@@ -64,29 +68,18 @@ def main() -> None:
         # click reports Ctrl-C as "Aborted!" and exit 1; 130 is the shell's convention. A command
         # that handles Ctrl-C as its normal stop (serve) still exits 0.
         sys.exit(130 if _state["interrupted"] and e.code not in (0, None) else e.code)
-    except (RcrError, VerificationError, InternalError) as e:
+    except TYPED as e:
         if _state["interrupted"]:
             sys.exit(130)
         if _state["debug"]:
             raise
-        hint = f"; {e.hint}" if isinstance(e, InternalError) else ""
-        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(report(e))
 
 
 def _on_interrupt(signum: int, frame: object) -> None:
     """SIGINT (and, while training or serving, SIGTERM): remembered, then Python's KeyboardInterrupt."""
     _state["interrupted"] = True
     raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _one_line(e: Exception) -> str:
-    """The error's message; for one re-raised from a DataLoader worker, whose message carries the
-    worker's whole traceback, only the original message (its last line, naming the file)."""
-    text = str(e)
-    if "\nOriginal Traceback" in text:
-        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return text
 
 
 # ------------------------------------------------------------------------------ option checks
@@ -317,10 +310,15 @@ def infer(
 
     if server and (model is not None or size is not None or backend != "auto"):
         raise RcrError("--server with --model, --size or --backend: a server runs the model it was started with ('rcr-deploy serve MODEL'); drop them")
+    remote = None
+    if server:  # the serve package's client, chosen here so that the library never imports it
+        from rcr_deploy.serve.client import RemoteSegmenter
+
+        remote = functools.partial(RemoteSegmenter, server)
     out = out or DEFAULT_OUT_DIR / "infer"
     result = run_infer(
         source, model, out, save=save, background=background, feather=feather, prior=prior,
-        max_frames=frames, codec=codec, pipelined=pipeline, device=device, server=server, backend=backend, size=size,
+        max_frames=frames, codec=codec, pipelined=pipeline, device=device, remote=remote, backend=backend, size=size,
     )
     t = result.timings
     table = Table(title="where the time goes")
@@ -511,8 +509,7 @@ def bench(
         argv = ["--sizes", sizes, "--data", str(data), "--iters", str(iters), "--warmup", str(warmup), "--max-seconds", str(max_seconds)]
         argv += ["--threads", str(threads or len(os.sched_getaffinity(0))), "--out", str(DEFAULT_OUT_DIR / "bench-sizes")]
         argv += ["--ckpt", str(ckpt)] if ckpt else []
-        if cpu_engines.main(argv):
-            raise typer.Exit(2)
+        cpu_engines.main(argv)
         return
     if data is not None:
         raise RcrError("--data is for --sizes; a plain bench reads accuracy from the artifacts' manifests ('export --val DIR')")

@@ -21,16 +21,15 @@ from typing import Any
 import numpy as np
 
 from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
-from rcr_deploy.data import synthetic
+from rcr_deploy.data import SAMPLE_IMAGE, synthetic
 from rcr_deploy.fileio import write_text_atomic
-from rcr_deploy.infer import MemorySink, Segmenter, infer, run, write_png
+from rcr_deploy.infer import MemorySink, Segmenter, infer, run
+from rcr_deploy.postprocess import write_png
 from rcr_deploy.preprocess import load_image
 from rcr_deploy.formats import FORMATS, bench_targets, installed
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.video import VideoSource, stability, write_video
 
-#: NASA's public-domain portrait of Eileen Collins (assets/ATTRIBUTION.md); no dataset image is shipped.
-SAMPLE_IMAGE = Path(__file__).parent / "assets" / "astronaut-eileen-collins.jpg"
 CLIP_SEED = 7
 GENERATED_SIZE = (320, 240)
 CALIB_IMAGES = 32  # generated portraits for INT8 calibration (plus the sample photograph)

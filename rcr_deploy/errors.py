@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class RcrError(Exception):
     """Bad input: a wrong file, shape or option. Its message names the file and the fix."""
@@ -48,3 +50,24 @@ class InternalError(Exception):
 class ExportError(InternalError):
     """An export step whose output fails a structural check (BN left in, wrong conv count, Q/DQ
     layout, TensorRT parser or builder failure on our artifact)."""
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, whose message carries the
+    worker's whole traceback, only the original message (its last line, naming the file)."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+#: The typed errors a command maps to one line and an exit code (`report`); anything else is a traceback.
+TYPED = (RcrError, VerificationError, InternalError)
+
+
+def report(e: RcrError | VerificationError | InternalError) -> int:
+    """THE error-to-exit mapping: one line on stderr (with the bug hint for our own defects) and
+    the exit code of its class. `cli.main` and the benchmark scripts' entry points call it."""
+    hint = f"; {e.hint}" if isinstance(e, InternalError) else ""
+    print(f"error: {one_line(e)}{hint}", file=sys.stderr)
+    return e.exit_code

@@ -2,7 +2,7 @@
 
 Each image is letterboxed to the model size with `rcr_deploy.preprocess` (prior channel zeros:
 still images), the foreground probability is mapped back onto the original frame with
-`preprocess.unletterbox`, and scored against the mask at the mask's own resolution. Scoring at
+`postprocess.unletterbox`, and scored against the mask at the mask's own resolution. Scoring at
 the original resolution is what a user sees; scoring a letterboxed mask would also count the
 grey padding as easy background.
 """
@@ -19,8 +19,10 @@ from tqdm import tqdm
 from rcr_deploy.data.augment import reframe as reframed
 from rcr_deploy.data.folder import list_pairs, load_pair
 from rcr_deploy.metrics import ImageScore, IoUMeter
-from rcr_deploy.preprocess import INPUT_SIZE, preprocess, unletterbox
+from rcr_deploy.postprocess import THRESHOLD, foreground_prob, unletterbox, write_png
+from rcr_deploy.preprocess import INPUT_SIZE, preprocess
 from rcr_deploy.runtime import Runner
+from rcr_deploy.fileio import write_text_atomic
 
 
 @dataclasses.dataclass
@@ -39,13 +41,6 @@ class EvalReport:
     def worst(self, k: int) -> list[ImageScore]:
         """The k images with the lowest foreground IoU."""
         return sorted(self.per_image, key=lambda s: s.fg_iou)[:k]
-
-
-def foreground_prob(logits: np.ndarray) -> np.ndarray:
-    """NxCxHxW logits -> NxHxW person probability (softmax over classes; class 1 = person)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(axis=1)
 
 
 def predict(runner: Runner, rgbs: list[np.ndarray], size: int = INPUT_SIZE) -> list[np.ndarray]:
@@ -91,8 +86,6 @@ def evaluate(
 
 def write_per_image_csv(report: EvalReport, path: str | os.PathLike) -> Path:
     """One row per image: stem, foreground IoU, class-mean IoU (written atomically)."""
-    from rcr_deploy.fileio import write_text_atomic
-
     rows = ["stem,fg_iou,class_iou"] + [f"{s.stem},{s.fg_iou:.6f},{s.class_iou:.6f}" for s in report.per_image]
     write_text_atomic(path, "\n".join(rows) + "\n")
     return Path(path)
@@ -105,7 +98,7 @@ HIT, FALSE_FG, MISSED = (40, 200, 80), (230, 40, 40), (40, 90, 255)
 def overlay(rgb: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image tinted where the model is right (green), wrong (red: false person; blue:
     missed person)."""
-    pred, gt = prob > 0.5, mask.astype(bool)
+    pred, gt = prob > THRESHOLD, mask.astype(bool)
     out = rgb.astype(np.float32)
     for region, colour in ((pred & gt, HIT), (pred & ~gt, FALSE_FG), (~pred & gt, MISSED)):
         out[region] = 0.55 * out[region] + 0.45 * np.asarray(colour, np.float32)
@@ -153,8 +146,6 @@ def write_worst(
 ) -> list[Path]:
     """Overlay pictures of the k images with the lowest foreground IoU, worst first, and
     SHEET_NAME, the first SHEET_MAX of them side by side."""
-    from rcr_deploy.infer import write_png  # infer imports this module: a top-level import would cycle
-
     pairs = {p.stem: p for p in list_pairs(report.data, split)}
     written, cells = [], []
     for rank, score in enumerate(report.worst(k), 1):

@@ -27,24 +27,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from rcr_deploy import preprocess
-from rcr_deploy.errors import DataError, RcrError
-from rcr_deploy.evaluate import foreground_prob
-from rcr_deploy.fileio import atomic_path, output_dir, regular_file
-from rcr_deploy.metrics import THRESHOLD
 from rcr_deploy.artifact import require_usable
+from rcr_deploy.errors import DataError, RcrError
+from rcr_deploy.fileio import output_dir, regular_file
+from rcr_deploy.postprocess import OUTPUTS, Background, compose, foreground_prob, hard_mask, matte, unletterbox, write_png
 from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
 
 #: Per-frame stages, in pipeline order, as reported by `Timings`.
 STAGES = ("decode", "preprocess", "model", "postprocess", "compose", "encode")
-#: What `infer` can write for each frame.
-OUTPUTS = ("mask", "cutout", "background", "overlay", "before-after")
-OVERLAY_RGB = (255, 40, 160)
 _QUEUE = 4  # frames in flight per queue: enough to hide jitter, little memory
 
 
@@ -88,101 +83,16 @@ class Segmenter:
 
     def probability(self, logits: np.ndarray, box: preprocess.Letterbox) -> np.ndarray:
         """Model logits -> person probability at the frame's resolution."""
-        return preprocess.unletterbox(foreground_prob(logits)[0], box)
+        return unletterbox(foreground_prob(logits)[0], box)
 
     def alpha(self, prob: np.ndarray) -> np.ndarray:
         """The matte written out: the thresholded mask, with edges feathered by a Gaussian."""
-        hard = (prob > THRESHOLD).astype(np.float32)
-        return cv2.GaussianBlur(hard, (0, 0), self.feather) if self.feather > 0 else hard
+        return matte(prob, self.feather)
 
     def segment(self, rgb: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
         """One frame -> HxW person probability (no threads; for scripts and tests)."""
         resized, box = self.letterbox(rgb)
         return self.probability(self.runner.infer(self.model_input(resized, box, prior)), box)
-
-
-# ---------------------------------------------------------------------------------- compositing
-
-
-class Background:
-    """`--background`: an image (resized to each frame), 'blur', or a '#RRGGBB' colour."""
-
-    def __init__(self, spec: str) -> None:
-        self.colour: tuple[int, ...] | None = None
-        self.image: np.ndarray | None = None
-        if spec == "blur":
-            return
-        if spec.startswith("#"):
-            try:
-                self.colour = tuple(bytes.fromhex(spec[1:]))
-            except ValueError:
-                pass
-            if self.colour is None or len(self.colour) != 3:
-                raise RcrError(f"--background {spec}: not a colour; write it as #RRGGBB, e.g. #00B140")
-            return
-        if not Path(spec).exists():
-            raise DataError(f"--background {spec}: no such image file; pass an image, 'blur' or a #RRGGBB colour")
-        self.image = preprocess.load_image(spec)
-        self._resized: dict[tuple[int, int], np.ndarray] = {}
-
-    def for_frame(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        if self.colour is not None:
-            return np.broadcast_to(np.asarray(self.colour, np.uint8), rgb.shape)
-        if self.image is None:  # a wide blur, computed at a quarter of the size: ~20x cheaper, same look
-            small = cv2.resize(rgb, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
-            small = cv2.GaussianBlur(small, (0, 0), max(0.5, 0.005 * max(h, w)))
-            return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        if (h, w) not in self._resized:  # an image of another size is stretched to the frame
-            self._resized[(h, w)] = cv2.resize(self.image, (w, h), interpolation=cv2.INTER_AREA)
-        return self._resized[(h, w)]
-
-
-def compose(rgb: np.ndarray, alpha: np.ndarray, mode: str, background: Background | None = None) -> np.ndarray:
-    """One output picture: 'mask' (HxW grey), 'cutout' (HxWx4 RGBA), 'background' or 'overlay' (RGB),
-    or 'before-after': the input beside its overlay (and its new background, when there is one)."""
-    if mode == "mask":
-        return (alpha * 255.0 + 0.5).astype(np.uint8)
-    if mode == "cutout":
-        return np.dstack([rgb, (alpha * 255.0 + 0.5).astype(np.uint8)])
-    if mode == "background":
-        assert background is not None, "background mode needs a Background"
-        return _blend(rgb, background.for_frame(rgb), alpha)
-    if mode == "overlay":
-        tint = np.empty_like(rgb)
-        tint[:] = OVERLAY_RGB
-        out = _blend(cv2.addWeighted(rgb, 0.55, tint, 0.45, 0.0), rgb, alpha)
-        contours, _ = cv2.findContours((alpha > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, OVERLAY_RGB, max(1, round(min(rgb.shape[:2]) / 200)), cv2.LINE_AA)
-        return out
-    if mode == "before-after":
-        after = ["overlay"] + (["background"] if background is not None else [])
-        return np.concatenate([rgb] + [compose(rgb, alpha, m, background) for m in after], axis=1)
-    raise ValueError(f"unknown output mode {mode!r}")
-
-
-def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """alpha * fg + (1 - alpha) * bg for uint8 RGB pictures (float32: full frames stay cheap)."""
-    base = bg.astype(np.float32)
-    return (base + alpha[..., None] * (fg.astype(np.float32) - base) + 0.5).astype(np.uint8)
-
-
-def encode_png(picture: np.ndarray) -> bytes:
-    """An RGB, RGBA or grey picture as PNG bytes (for files and for `rcr-deploy serve` responses)."""
-    if picture.ndim == 3:
-        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR if picture.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, data = cv2.imencode(".png", picture)
-    if not ok:
-        raise RcrError(f"OpenCV could not encode a {picture.shape} picture as PNG")
-    return data.tobytes()
-
-
-def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
-    """Write an RGB, RGBA or grey picture as PNG, atomically."""
-    data = encode_png(picture)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 # ----------------------------------------------------------------------------------- the stages
@@ -306,7 +216,7 @@ def run(
         t2 = time.perf_counter()
         frame.prob = segmenter.probability(logits, frame.box)
         frame.alpha = segmenter.alpha(frame.prob)
-        previous = (frame.prob > THRESHOLD).astype(np.float32)
+        previous = hard_mask(frame.prob)
         t3 = time.perf_counter()
         mod["preprocess"] += t1 - t0
         mod["model"] += t2 - t1
@@ -567,15 +477,16 @@ def infer(
     pipelined: bool = True,
     progress: bool = True,
     device: str = "cpu",
-    server: str | None = None,
+    remote: Callable[..., Segmenter] | None = None,
     backend: str = "auto",
     size: int | None = None,
 ) -> InferResult:
     """Segment INPUT (image, folder, video file or camera index) and write the chosen outputs.
 
     `model` is a Runner, or what `load_runner` takes (None: the built-in model); it is loaded
-    only after the input and options have been checked, so a typo fails at once. With `server`
-    (the URL of a running `rcr-deploy serve`), that server segments the frames instead. `size`
+    only after the input and options have been checked, so a typo fails at once. With `remote`
+    (called as `remote(feather=..., stream=...)`, e.g. `serve.client.RemoteSegmenter` bound to a
+    server's URL, as `infer --server` passes it), that segments the frames instead. `size`
     overrides the manifest's input size where the model allows it (a checkpoint, or an artifact
     exported with --dynamic-hw)."""
     modes = parse_modes(save, background)
@@ -597,16 +508,14 @@ def infer(
             frames = _limit(video, max_frames)
             total = min(total or max_frames, max_frames)
     # A Runner passed in stays open for its owner; one loaded here is closed here.
-    if server:
-        from rcr_deploy.serve.client import RemoteSegmenter
-
+    if remote is not None:
         opened: contextlib.AbstractContextManager = contextlib.nullcontext(None)
     elif isinstance(model, Runner):
         opened = contextlib.nullcontext(model)
     else:
         opened = load_runner(model, device=device, backend=backend)
     with opened as runner:
-        segmenter = RemoteSegmenter(server, feather=feather, stream=use_prior) if server else Segmenter(runner, feather=feather, size=size)
+        segmenter = remote(feather=feather, stream=use_prior) if remote is not None else Segmenter(runner, feather=feather, size=size)
         output_dir(out_dir)  # after every check, so a refused run leaves no folder behind
         written, timings = run(
             frames, segmenter, sink, prior=use_prior, background=bg, pipelined=pipelined,

@@ -14,8 +14,7 @@ import dataclasses
 
 import numpy as np
 
-#: Foreground probability above which a pixel counts as person.
-THRESHOLD = 0.5
+from rcr_deploy.postprocess import THRESHOLD
 
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -162,12 +162,6 @@ def letterbox_mask(mask: np.ndarray, box: Letterbox) -> np.ndarray:
     return cv2.resize(square, (box.size, box.size), interpolation=cv2.INTER_LINEAR)
 
 
-def unletterbox(prob: np.ndarray, box: Letterbox) -> np.ndarray:
-    """Map a size x size probability map back to the original frame (bilinear)."""
-    square = cv2.resize(prob.astype(np.float32), (box.side, box.side), interpolation=cv2.INTER_LINEAR)
-    return square[box.top : box.top + box.height, box.left : box.left + box.width]
-
-
 def preprocess(
     rgb: np.ndarray, size: int = INPUT_SIZE, prior: np.ndarray | None = None, in_channels: int = 4
 ) -> tuple[np.ndarray, Letterbox]:

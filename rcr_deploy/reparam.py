@@ -39,20 +39,10 @@ def identity_kernel(channels: int, groups: int, k: int) -> torch.Tensor:
     return kernel
 
 
-def conv_like(conv: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A conv with `conv`'s geometry, the given kernel and a bias."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        kernel.shape[-1],
-        conv.stride,
-        kernel.shape[-1] // 2,
-        groups=conv.groups,
-        bias=True,
-    ).to(kernel)
-    fused.weight.data.copy_(kernel.detach())
-    fused.bias.data.copy_(bias.detach())
-    return fused
+def load_kernel(conv: nn.Conv2d, kernel: torch.Tensor, bias: torch.Tensor) -> None:
+    """Put a fused kernel and bias into a deploy-form conv (made by a block's `deploy_layers`)."""
+    conv.weight.data.copy_(kernel.detach())
+    conv.bias.data.copy_(bias.detach())
 
 
 def reparameterize(model: nn.Module) -> nn.Module:

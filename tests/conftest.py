@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -50,9 +50,8 @@ def ckpt(tmp_path_factory) -> Path:
     return path
 
 
-@dataclasses.dataclass
-class CliResult:
-    """What one in-process `rcr-deploy` command did."""
+class CliResult(NamedTuple):
+    """What one in-process `rcr-deploy` command did: `code, out, err = cli(...)`."""
 
     code: int
     out: str

@@ -70,6 +70,21 @@ def test_schema_is_valid_and_our_manifest_satisfies_it(tmp_path):
     assert "never crop" in resize["order"]
 
 
+def test_read_manifest_of_an_ir_without_its_sidecar_reads_its_rt_info(tmp_path):
+    """One reader for every format: an OpenVINO IR's embedded copy is read from its XML, as
+    `exporters.openvino` writes it, without OpenVINO."""
+    from xml.sax.saxutils import quoteattr
+
+    record = _record("fp32")
+    xml = tmp_path / "rcrnet.xml"
+    xml.write_text(f'<?xml version="1.0"?>\n<net name="m" version="11"><layers/><rt_info><rcr_deploy>'
+                   f"<manifest value={quoteattr(json.dumps(record))} /></rcr_deploy></rt_info></net>\n")  # fmt: skip
+    assert read_manifest(xml) == record
+    xml.write_text('<net name="m"><layers/>')
+    with pytest.raises(ManifestError, match="rcrnet.xml: not a readable OpenVINO IR"):
+        read_manifest(xml)
+
+
 def test_read_manifest_sidecar_then_embedded_copy(tmp_path):
     artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
     sidecar = read_manifest(artifact)

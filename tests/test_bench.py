@@ -24,6 +24,8 @@ from rcr_deploy.reparam import randomize_bn, reparameterize
 from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, write_manifest
 from rcr_deploy.runtime import Runner
 
+pytestmark = pytest.mark.slow  # its fixtures export and time real artifacts
+
 SCHEMA = json.loads((Path(harness.__file__).with_name("schema.json")).read_text())
 SIZE = 64
 

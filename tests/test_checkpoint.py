@@ -3,8 +3,9 @@ import torch
 
 from rcr_deploy.checkpoint import load_checkpoint, save_checkpoint
 from rcr_deploy.errors import CheckpointError
-from rcr_deploy.models import build_model
-from rcr_deploy.reparam import reparameterize
+from rcr_deploy import reparam
+from rcr_deploy.models import VARIANTS, build_model
+from rcr_deploy.reparam import randomize_bn, reparameterize
 
 
 @pytest.fixture
@@ -39,6 +40,25 @@ def test_deploy_form_checkpoint(tmp_path):
     assert load_checkpoint(path).form == "deploy"
     with pytest.raises(CheckpointError, match="deploy-form checkpoint"):
         load_checkpoint(path, require_form="train")
+
+
+@pytest.mark.parametrize("arch", list(VARIANTS))
+def test_deploy_form_is_built_directly_and_loads_without_fusing(tmp_path, monkeypatch, arch):
+    train = build_model(arch)
+    randomize_bn(train, torch.Generator().manual_seed(0))
+    fused = reparameterize(train)
+    direct = build_model(arch, deploy=True)
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k, v in fused.state_dict().items()}
+    path = tmp_path / "deploy.pt"
+    save_checkpoint(path, fused, arch)
+
+    def no_fusion(*args):
+        raise AssertionError("a deploy-form checkpoint was fused while loading")
+
+    monkeypatch.setattr(reparam, "fuse_conv_bn", no_fusion)
+    loaded = load_checkpoint(path)
+    x = torch.randn(1, 4, 64, 64)
+    assert loaded.form == "deploy" and torch.equal(loaded.model(x), fused(x))
 
 
 def _truncated(tmp_path, ckpt):

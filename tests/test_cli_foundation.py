@@ -26,6 +26,7 @@ def test_models_json_reports_every_variant():
     assert all(r["params_deploy"] < r["params_train"] for r in rows.values())
 
 
+@pytest.mark.slow  # every variant in float32 and float64 (minutes on 2 cores)
 def test_verify_reparam_default_passes_with_json():
     out = run("verify-reparam", "--json")
     assert out.returncode == 0, out.stderr
@@ -36,6 +37,7 @@ def test_verify_reparam_default_passes_with_json():
     assert {c["dtype"] for c in report["checks"]} == {"float32", "float64"}
 
 
+@pytest.mark.slow
 def test_verify_reparam_exit_1_when_tolerance_is_impossible(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, build_model("rcrnet"), "rcrnet")

@@ -9,6 +9,8 @@ from rcr_deploy.benchmarks import cpu_engines
 from rcr_deploy.benchmarks.peer import find_model
 from rcr_deploy.errors import BackendUnavailable
 
+pytestmark = pytest.mark.slow  # exports and times every CPU engine
+
 
 def row(p50: float, miou: float, b8: float) -> dict:
     return {"p50_ms": p50, "p90_ms": p50, "p99_ms": p50, "fg_miou": miou, "batch8": {"p50_ms": b8}}
@@ -65,7 +67,7 @@ def test_bench_sizes_exports_times_and_scores_each_size(tmp_path, ckpt):
     import subprocess
     import sys
 
-    from test_data import write_dataset
+    from support import write_dataset
 
     data = write_dataset(tmp_path / "data", n=12, h=64, w=48)
     cmd = [sys.executable, "-m", "rcr_deploy", "bench", "--sizes", "64,96", "--data", str(data), "--ckpt", str(ckpt),

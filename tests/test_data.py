@@ -12,29 +12,8 @@ from rcr_deploy.data.augment import edge_target, make_sample, texture
 from rcr_deploy.data.folder import list_pairs, load_mask, load_pair, val_ids
 from rcr_deploy.errors import DataError
 from rcr_deploy.preprocess import MEAN_RGB, SCALE
+from support import BACKGROUND, PERSON, portrait, write_dataset
 
-PERSON, BACKGROUND = (230, 30, 30), (30, 30, 230)
-
-
-def portrait(h: int = 48, w: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A red ellipse 'person' (the mask) on a blue background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = h * rng.uniform(0.45, 0.6), w * rng.uniform(0.4, 0.6)
-    mask = (((yy - cy) / (h * 0.3)) ** 2 + ((xx - cx) / (w * 0.25)) ** 2 <= 1).astype(np.uint8)
-    rgb = np.where(mask[..., None] == 1, PERSON, BACKGROUND).astype(np.uint8)
-    return rgb, mask
-
-
-def write_dataset(root: Path, n: int = 8, h: int = 48, w: int = 40) -> Path:
-    """images/NNNNN.jpg + masks/NNNNN.png (0/255) of synthetic portraits."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        rgb, mask = portrait(h, w, seed=i)
-        Image.fromarray(rgb).save(root / "images" / f"{i:05d}.png")
-        Image.fromarray(mask * 255).save(root / "masks" / f"{i:05d}.png")
-    return root
 
 
 def test_pairs_split_rule_and_split_file(tmp_path):

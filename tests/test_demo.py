@@ -9,15 +9,17 @@ import pytest
 
 from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT
 from rcr_deploy.demo import CLIP_FRAMES, sample_image
-from test_infer import cli, read_frames
+from support import read_frames
+
+pytestmark = pytest.mark.slow  # the whole demo: export, bench, infer
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="the built-in model is not in this checkout yet")
-def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+def test_demo_end_to_end(tmp_path, monkeypatch, cli):
     """As a new user runs it: no arguments, the built-in model. (Random weights cannot stand in:
     their logits hover around zero, so INT8 flips many pixels and export rightly refuses it.)"""
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli("demo", capsys=capsys)
+    code, out, err = cli("demo")
     assert code == 0, err
     report = tmp_path / "rcr-deploy-out" / "demo"
     assert f"report: {report / 'README.md'}" in out.replace("\n", "")
@@ -45,16 +47,16 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert "mean per-image foreground IoU" in index and "EG1800 validation split" in index  # the model card's figure
 
 
-def test_demo_with_a_missing_model_is_exit_2(tmp_path, capsys):
-    code, _, err = cli("demo", "--model", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "out"), capsys=capsys)
+def test_demo_with_a_missing_model_is_exit_2(tmp_path, cli):
+    code, _, err = cli("demo", "--model", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "out"))
     assert code == 2 and "nope.pt" in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "README.md").exists()
 
 
-def test_demo_without_the_built_in_model_fails_before_any_work(tmp_path, monkeypatch, capsys):
+def test_demo_without_the_built_in_model_fails_before_any_work(tmp_path, monkeypatch, cli):
     from rcr_deploy import checkpoint
 
     monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "gone.pt")
-    code, _, err = cli("demo", "-o", str(tmp_path / "out"), capsys=capsys)
+    code, _, err = cli("demo", "-o", str(tmp_path / "out"))
     assert code == 2 and "gone.pt: built-in model missing" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

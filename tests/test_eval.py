@@ -13,10 +13,11 @@ import pytest
 
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.data.folder import list_pairs, load_pair
-from rcr_deploy.evaluate import SHEET_CELL, contact_sheet, evaluate, foreground_prob
+from rcr_deploy.evaluate import SHEET_CELL, contact_sheet, evaluate
+from rcr_deploy.postprocess import foreground_prob
 from rcr_deploy.models import build_model
 from rcr_deploy.runtime import Runner
-from test_data import write_dataset
+from support import write_dataset
 
 
 class AllPerson(Runner):

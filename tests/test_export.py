@@ -31,6 +31,8 @@ from rcr_deploy.artifact import ARTIFACT_NAMES, MANIFEST_METADATA_KEY, manifest_
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
+pytestmark = pytest.mark.slow  # every test exports the model (ONNX, FP16, INT8) at least once
+
 SIZE = 64
 
 
@@ -194,7 +196,7 @@ THIRD_PARTY = textwrap.dedent(
 
 def test_third_party_reproduces_our_probabilities_from_the_schema_fields_alone(exported, tmp_path):
     from rcr_deploy.artifact import SCHEMA_PATH
-    from rcr_deploy.evaluate import foreground_prob
+    from rcr_deploy.postprocess import foreground_prob
     from rcr_deploy.preprocess import load_image
 
     artifact = _artifact(exported, "fp32")

@@ -108,6 +108,7 @@ def toy(tmp_path, monkeypatch) -> Format:
     return row
 
 
+@pytest.mark.slow  # a real export, bench and infer
 def test_a_new_format_is_one_row_and_two_modules(toy, tmp_path, cli):
     out = tmp_path / "out"
     done = cli("export", "--out", out, "--format", "toy", "--precision", "fp32", "--size", "64", "--triton", tmp_path / "triton")
@@ -130,7 +131,7 @@ def test_a_new_format_is_one_row_and_two_modules(toy, tmp_path, cli):
     assert skipped["name"] == "toyrt-fp16" and "--format onnx,toy" in skipped["reason"]
 
     image = tmp_path / "person.png"
-    from rcr_deploy.infer import write_png
+    from rcr_deploy.postprocess import write_png
 
     write_png(image, np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8))
     seg = cli("infer", image, "--model", toy_file, "--out", tmp_path / "seg", "--save", "mask")

@@ -39,8 +39,9 @@ from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.cli import main
 from rcr_deploy.data import synthetic
 from rcr_deploy.models import build_model
-from test_data import write_dataset
-from test_infer import save_rgb
+from support import save_rgb, write_dataset
+
+pytestmark = pytest.mark.slow  # property tests run the CLI hundreds of times
 
 # ------------------------------------------------------------------------------------ harness
 

@@ -9,14 +9,13 @@ is checked there) and through ONNX Runtime for the manifest tests.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from rcr_deploy import infer, video
+from rcr_deploy import infer, postprocess, video
 from rcr_deploy.cli import main
 from rcr_deploy.data import synthetic
 from rcr_deploy.errors import DataError, RcrError
@@ -26,25 +25,10 @@ from rcr_deploy.preprocess import letterbox_mask
 from rcr_deploy.reparam import reparameterize
 from rcr_deploy.artifact import manifest_path
 from rcr_deploy.runtime import Runner
+from support import KnownRunner, read_frames, save_rgb, visible_files
 
 RED = (230, 20, 20)
 BLUE = (20, 20, 90)
-
-
-class KnownRunner(Runner):
-    """Person = pixels whose normalised red channel is high (the grey padding is not); records
-    every input so tests can inspect the prior channel."""
-
-    name = "known"
-
-    def __init__(self, in_channels: int = 4) -> None:
-        self.in_channels = in_channels
-        self.inputs: list[np.ndarray] = []
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        self.inputs.append(x.copy())
-        margin = 8.0 * (x[:, 0] - 1.0)  # red above ~182 of 255
-        return np.stack([-margin, margin], axis=1).astype(np.float32)
 
 
 def red_square(h: int, w: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,45 +41,9 @@ def red_square(h: int, w: int, box: tuple[int, int, int, int]) -> tuple[np.ndarr
     return rgb, mask
 
 
-def save_rgb(path: Path, rgb: np.ndarray) -> Path:
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
-
-
 def read_rgb(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     img = cv2.imread(str(path), flags)
     return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-
-
-def read_frames(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(bgr)
-    cap.release()
-    return frames
-
-
-def cli(*args: str, capsys) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["rcr-deploy", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def visible_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -119,18 +67,18 @@ def test_mask_maps_back_onto_frames_of_any_shape():
 def test_every_output_mode_composes_as_defined(tmp_path):
     rgb, mask = red_square(40, 60, (5, 35, 10, 40))
     alpha = mask.astype(np.float32)
-    assert np.array_equal(infer.compose(rgb, alpha, "mask"), mask * 255)
-    cutout = infer.compose(rgb, alpha, "cutout")
+    assert np.array_equal(postprocess.compose(rgb, alpha, "mask"), mask * 255)
+    cutout = postprocess.compose(rgb, alpha, "cutout")
     assert cutout.shape == (40, 60, 4) and np.array_equal(cutout[..., :3], rgb) and np.array_equal(cutout[..., 3], mask * 255)
-    green = infer.compose(rgb, alpha, "background", infer.Background("#00B140"))
+    green = postprocess.compose(rgb, alpha, "background", postprocess.Background("#00B140"))
     assert np.array_equal(green[mask == 1], rgb[mask == 1]) and (green[mask == 0] == (0, 0xB1, 0x40)).all()
-    blurred = infer.compose(rgb, alpha, "background", infer.Background("blur"))
+    blurred = postprocess.compose(rgb, alpha, "background", postprocess.Background("blur"))
     assert np.array_equal(blurred[mask == 1], rgb[mask == 1]) and not np.array_equal(blurred[mask == 0], rgb[mask == 0])
-    overlay = infer.compose(rgb, alpha, "overlay")
+    overlay = postprocess.compose(rgb, alpha, "overlay")
     assert np.array_equal(overlay[0, 0], rgb[0, 0]) and not np.array_equal(overlay[20, 25], rgb[20, 25])
-    pair = infer.compose(rgb, alpha, "before-after")
+    pair = postprocess.compose(rgb, alpha, "before-after")
     assert pair.shape == (40, 120, 3) and np.array_equal(pair[:, :60], rgb) and np.array_equal(pair[:, 60:], overlay)
-    assert np.array_equal(infer.compose(rgb, alpha, "before-after", infer.Background("blur"))[:, 120:], blurred)
+    assert np.array_equal(postprocess.compose(rgb, alpha, "before-after", postprocess.Background("blur"))[:, 120:], blurred)
 
 
 def test_save_option_parsing():
@@ -144,7 +92,7 @@ def test_background_image_of_another_size_is_resized(tmp_path):
     bg[:, :, 2] = 200
     path = save_rgb(tmp_path / "bg.png", bg)
     rgb, mask = red_square(40, 60, (5, 35, 10, 40))
-    out = infer.compose(rgb, mask.astype(np.float32), "background", infer.Background(str(path)))
+    out = postprocess.compose(rgb, mask.astype(np.float32), "background", postprocess.Background(str(path)))
     assert out.shape == rgb.shape and (out[mask == 0] == (0, 0, 200)).all()
 
 
@@ -239,13 +187,13 @@ def test_stability_of_a_decoded_clip_with_and_without_prior(tmp_path):
 # ------------------------------------------------------------------------------------ CLI inputs
 
 
-def test_cli_image_every_output_mode_and_other_size_background(tmp_path, ckpt, capsys):
+def test_cli_image_every_output_mode_and_other_size_background(tmp_path, ckpt, cli):
     rgb, _ = synthetic.sample_portrait(80, 64, seed=1)
     image = save_rgb(tmp_path / "me.jpg", rgb)
     bg = save_rgb(tmp_path / "beach.png", np.full((50, 130, 3), 200, np.uint8))
     out = tmp_path / "out"
     code, stdout, err = cli("infer", str(image), "-m", str(ckpt), "-o", str(out), "--save", "mask,cutout,overlay",
-                            "--background", str(bg), "--feather", "1.5", capsys=capsys)
+                            "--background", str(bg), "--feather", "1.5")
     assert code == 0, err
     assert visible_files(out) == ["me_background.png", "me_cutout.png", "me_mask.png", "me_overlay.png"]
     mask = read_rgb(out / "me_mask.png", cv2.IMREAD_UNCHANGED)
@@ -256,24 +204,24 @@ def test_cli_image_every_output_mode_and_other_size_background(tmp_path, ckpt, c
     assert "FPS" in stdout and "model" in stdout
 
 
-def test_cli_folder_of_mixed_sizes(tmp_path, ckpt, capsys):
+def test_cli_folder_of_mixed_sizes(tmp_path, ckpt, cli):
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, (h, w) in enumerate([(64, 48), (48, 96), (70, 70)]):
         save_rgb(folder / f"p{i}.png", synthetic.sample_portrait(h, w, seed=i)[0])
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    code, stdout, err = cli("infer", str(folder), "-m", str(ckpt), "-o", str(out), "--save", "mask", capsys=capsys)
+    code, stdout, err = cli("infer", str(folder), "-m", str(ckpt), "-o", str(out), "--save", "mask")
     assert code == 0, err
     assert visible_files(out) == ["p0_mask.png", "p1_mask.png", "p2_mask.png"]
     assert read_rgb(out / "p1_mask.png", cv2.IMREAD_UNCHANGED).shape == (48, 96)
 
 
 @pytest.mark.parametrize("prior", ["--prior", "--no-prior"])
-def test_cli_video_to_mp4(tmp_path, ckpt, clip, prior, capsys):
+def test_cli_video_to_mp4(tmp_path, ckpt, clip, prior, cli):
     path, masks = clip
     out = tmp_path / "out"
-    code, stdout, err = cli("infer", str(path), "-m", str(ckpt), "-o", str(out), "--save", "overlay,mask", prior, capsys=capsys)
+    code, stdout, err = cli("infer", str(path), "-m", str(ckpt), "-o", str(out), "--save", "overlay,mask", prior)
     assert code == 0, err
     assert visible_files(out) == ["clip_mask.mp4", "clip_overlay.mp4"]
     frames = read_frames(out / "clip_overlay.mp4")
@@ -281,10 +229,10 @@ def test_cli_video_to_mp4(tmp_path, ckpt, clip, prior, capsys):
     assert f"prior {'on' if prior == '--prior' else 'off'}" in stdout
 
 
-def test_cli_codec_that_cannot_be_written_falls_back(tmp_path, ckpt, clip, capsys):
+def test_cli_codec_that_cannot_be_written_falls_back(tmp_path, ckpt, clip, cli):
     out = tmp_path / "out"
     code, _, err = cli("infer", str(clip[0]), "-m", str(ckpt), "-o", str(out), "--save", "overlay,mask", "--codec", "ZZZZ",
-                       "--frames", "2", capsys=capsys)
+                       "--frames", "2")
     assert code == 0, err
     assert err.count("note: cannot write codec 'ZZZZ' here; wrote h264") == 1  # once, not once per output
     assert visible_files(out) == ["clip_mask.mp4", "clip_overlay.mp4"] and len(read_frames(out / "clip_mask.mp4")) == 2
@@ -330,22 +278,22 @@ def test_logic_only_camera_source_with_a_fake_capture(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
-def test_unreadable_input_is_one_line_exit_2_and_no_output(tmp_path, ckpt, kind, capsys):
+def test_unreadable_input_is_one_line_exit_2_and_no_output(tmp_path, ckpt, kind, cli):
     bad = tmp_path / ("broken.png" if kind == "image" else "broken.mp4")
     bad.write_bytes(b"\x89PNG not really" * 20)
     out = tmp_path / "out"
-    code, _, err = cli("infer", str(bad), "-m", str(ckpt), "-o", str(out), capsys=capsys)
+    code, _, err = cli("infer", str(bad), "-m", str(ckpt), "-o", str(out))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
     assert visible_files(out) == []
 
 
-def test_corrupt_image_inside_a_folder_names_it(tmp_path, ckpt, capsys):
+def test_corrupt_image_inside_a_folder_names_it(tmp_path, ckpt, cli):
     folder = tmp_path / "photos"
     folder.mkdir()
     save_rgb(folder / "a.png", synthetic.sample_portrait(48, 48)[0])
     (folder / "b.png").write_bytes(b"garbage")
-    code, _, err = cli("infer", str(folder), "-m", str(ckpt), "-o", str(tmp_path / "out"), "--save", "mask", capsys=capsys)
+    code, _, err = cli("infer", str(folder), "-m", str(ckpt), "-o", str(tmp_path / "out"), "--save", "mask")
     assert code == 2 and "b.png" in err and err.count("\n") == 1
 
 
@@ -361,10 +309,10 @@ def test_corrupt_image_inside_a_folder_names_it(tmp_path, ckpt, capsys):
         (["VIDEO", "--save", "cutout"], "no alpha channel"),
     ],
 )
-def test_bad_options_and_missing_camera_exit_2(tmp_path, ckpt, clip, args, message, capsys):
+def test_bad_options_and_missing_camera_exit_2(tmp_path, ckpt, clip, args, message, cli):
     image = save_rgb(tmp_path / "me.png", synthetic.sample_portrait(48, 48)[0])
     args = [str(image) if a == "IMAGE" else str(clip[0]) if a == "VIDEO" else a for a in args]
-    code, _, err = cli("infer", *args, "-m", str(ckpt), "-o", str(tmp_path / "out"), capsys=capsys)
+    code, _, err = cli("infer", *args, "-m", str(ckpt), "-o", str(tmp_path / "out"))
     assert code == 2 and message in err and err.count("\n") == 1
     assert visible_files(tmp_path / "out") == []
 
@@ -394,10 +342,10 @@ def artifact(tmp_path_factory, ckpt) -> Path:
     return path
 
 
-def test_onnx_artifact_runs_at_the_manifest_size(tmp_path, artifact, capsys):
+def test_onnx_artifact_runs_at_the_manifest_size(tmp_path, artifact, cli):
     rgb, _ = synthetic.sample_portrait(60, 40, seed=2)
     image = save_rgb(tmp_path / "me.png", rgb)
-    code, _, err = cli("infer", str(image), "-m", str(artifact), "-o", str(tmp_path / "out"), "--save", "mask", capsys=capsys)
+    code, _, err = cli("infer", str(image), "-m", str(artifact), "-o", str(tmp_path / "out"), "--save", "mask")
     assert code == 0, err
     assert read_rgb(tmp_path / "out" / "me_mask.png", cv2.IMREAD_UNCHANGED).shape == (60, 40)
     from rcr_deploy.runtime import load_runner
@@ -405,16 +353,16 @@ def test_onnx_artifact_runs_at_the_manifest_size(tmp_path, artifact, capsys):
     assert infer.Segmenter(load_runner(artifact)).size == 96
 
 
-def test_size_runs_a_checkpoint_at_another_size_and_is_refused_for_a_fixed_shape_artifact(tmp_path, artifact, ckpt, capsys):
+def test_size_runs_a_checkpoint_at_another_size_and_is_refused_for_a_fixed_shape_artifact(tmp_path, artifact, ckpt, cli):
     rgb, _ = synthetic.sample_portrait(60, 40, seed=2)
     image = save_rgb(tmp_path / "me.png", rgb)
     from rcr_deploy.runtime import load_runner
 
     assert infer.Segmenter(load_runner(ckpt, backend="torch"), size=64).size == 64
-    code, _, err = cli("infer", str(image), "-m", str(ckpt), "-o", str(tmp_path / "ok"), "--size", "64", "--backend", "torch", capsys=capsys)
+    code, _, err = cli("infer", str(image), "-m", str(ckpt), "-o", str(tmp_path / "ok"), "--size", "64", "--backend", "torch")
     assert code == 0, err
     for args, option in [(["-m", str(artifact), "--size", "128"], "--size 128"), (["--size", "100"], "--size"), (["--server", "http://127.0.0.1:1", "--size", "64"], "--server")]:
-        code, _, err = cli("infer", str(image), "-o", str(tmp_path / "bad"), *args, capsys=capsys)
+        code, _, err = cli("infer", str(image), "-o", str(tmp_path / "bad"), *args)
         assert code == 2 and err.startswith("error: ") and option in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
 
@@ -428,7 +376,7 @@ def test_lost_sidecar_falls_back_to_the_embedded_manifest(tmp_path, artifact):
     assert infer.Segmenter(load_runner(copy)).size == 96
 
 
-def test_artifact_without_any_manifest_is_a_clear_error(tmp_path, artifact, capsys):
+def test_artifact_without_any_manifest_is_a_clear_error(tmp_path, artifact, cli):
     import onnx
 
     proto = onnx.load(str(artifact))
@@ -436,7 +384,7 @@ def test_artifact_without_any_manifest_is_a_clear_error(tmp_path, artifact, caps
     bare = tmp_path / "bare.onnx"
     onnx.save(proto, str(bare))
     image = save_rgb(tmp_path / "me.png", synthetic.sample_portrait(48, 48)[0])
-    code, _, err = cli("infer", str(image), "-m", str(bare), "-o", str(tmp_path / "out"), capsys=capsys)
+    code, _, err = cli("infer", str(image), "-m", str(bare), "-o", str(tmp_path / "out"))
     assert code == 2 and "bare.onnx: no manifest (no bare.onnx.json beside it, none embedded)" in err and err.count("\n") == 1
     assert visible_files(tmp_path / "out") == []
 

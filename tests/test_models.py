@@ -41,7 +41,7 @@ def test_shapes_train_and_deploy(name, in_channels):
 
 
 def test_unknown_arch_is_a_clear_error():
-    from rcr_deploy.errors import CheckpointError
+    from rcr_deploy.errors import RcrError
 
-    with pytest.raises(CheckpointError, match="unknown architecture 'nope'"):
+    with pytest.raises(RcrError, match="unknown architecture 'nope'"):
         build_model("nope")

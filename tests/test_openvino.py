@@ -25,11 +25,13 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.preprocess import list_images
 from rcr_deploy.reparam import randomize_bn
-from rcr_deploy.artifact import ARTIFACT_NAMES, format_path, manifest_path, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, IR_RT_INFO_KEY, format_path, manifest_path, read_manifest
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from rcr_deploy.runtime.openvino_runner import RT_INFO_KEY, OpenVINORunner
-from test_data import write_dataset
+from rcr_deploy.runtime.openvino_runner import OpenVINORunner
+from support import write_dataset
+
+pytestmark = pytest.mark.slow  # exports OpenVINO IRs and runs NNCF
 
 pytest.importorskip("openvino")
 SIZE = 64
@@ -75,7 +77,7 @@ def test_export_writes_ir_per_precision_with_manifest_in_rt_info_and_sidecar(exp
         xml = _xml(exported, p)
         assert result.formats["openvino"][p] == xml and xml.with_suffix(".bin").stat().st_size > 10_000
         sidecar = json.loads(manifest_path(xml).read_text())
-        embedded = json.loads(ov.Core().read_model(str(xml)).get_rt_info(RT_INFO_KEY).astype(str))
+        embedded = json.loads(ov.Core().read_model(str(xml)).get_rt_info(list(IR_RT_INFO_KEY)).astype(str))
         assert {k: v for k, v in sidecar.items() if k != "artifact"} == embedded
         assert sidecar["artifact"] == {"file": xml.name, "sha256": sha256_file(xml)}
         onnx_artifact, source = exported["out"] / ARTIFACT_NAMES[p], exported["out"] / ARTIFACT_NAMES["fp32"]

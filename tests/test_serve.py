@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("ray.serve", reason="Ray Serve is the 'serve' extra: pip install 'rcr-deploy[serve]'")
-pytestmark = pytest.mark.timeout(300)  # bounded even if a server hangs
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # starts Ray Serve; bounded even if a server hangs
 
 from rcr_deploy import infer, video  # noqa: E402
 from rcr_deploy.data import synthetic  # noqa: E402

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from rcr_deploy.artifact import TIMING_CACHE
 from rcr_deploy.exporters import tensorrt as trt_export
 from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.runtime import tensorrt_runner
@@ -205,7 +206,7 @@ def test_logic_only_build_writes_engine_manifest_and_timing_cache(tmp_path, monk
 
     _patch(monkeypatch, FakeTRT())
     engine = trt_export.build_engine(onnx_artifact, trt_export.EngineOptions(size=(64, 64)))
-    assert engine.read_bytes() == b"engine" and (engine.parent / trt_export.TIMING_CACHE_NAME).read_bytes() == b"cache"
+    assert engine.read_bytes() == b"engine" and (engine.parent / TIMING_CACHE).read_bytes() == b"cache"
     record = read_manifest(engine)
     assert record["engine"]["built_for"] == IDENTITY and record["artifact"]["file"] == engine.name
     assert record["engine"]["profile"]["max"] == [8, 4, 64, 64] and record["precision"] == "fp16"
@@ -214,7 +215,20 @@ def test_logic_only_build_writes_engine_manifest_and_timing_cache(tmp_path, monk
 def test_logic_only_no_timing_cache_from_tensorrt_is_not_written(tmp_path, monkeypatch, onnx_artifact):
     _patch(monkeypatch, FakeTRT("get_timing_cache"))
     engine = trt_export.build_engine(onnx_artifact)
-    assert engine.is_file() and not (engine.parent / trt_export.TIMING_CACHE_NAME).exists()
+    assert engine.is_file() and not (engine.parent / TIMING_CACHE).exists()
+
+
+def test_logic_only_engines_join_an_export_folder_under_its_lock(tmp_path, monkeypatch, onnx_artifact):
+    """`build` and `bench --engine` add engines to a published export set: while an export holds the
+    folder's lock the build is refused in one line, and nothing is written."""
+    from rcr_deploy.artifact import ExportSet
+
+    _patch(monkeypatch, FakeTRT())
+    with ExportSet(onnx_artifact.parent, [], force=True):
+        with pytest.raises(RcrError, match="another export is writing to this folder"):
+            trt_export.build_engine(onnx_artifact)
+        assert not list((onnx_artifact.parent / "engines").glob("*"))
+    assert trt_export.build_engine(onnx_artifact).read_bytes() == b"engine"
 
 
 @pytest.mark.parametrize(
@@ -289,7 +303,7 @@ def test_real_engine_build_cache_and_validation(tmp_path):
     options = trt_export.EngineOptions(min_batch=1, opt_batch=2, max_batch=4, size=(64, 64))
     for p, artifact in result.artifacts.items():
         engine = trt_export.build_engine(artifact, options)
-        assert engine.is_file() and (engine.parent / trt_export.TIMING_CACHE_NAME).is_file()
+        assert engine.is_file() and (engine.parent / TIMING_CACHE).is_file()
         mtime = engine.stat().st_mtime_ns
         assert trt_export.build_engine(artifact, options) == engine and engine.stat().st_mtime_ns == mtime  # cached
         assert trt_export.validate_engine(engine, artifact), p

@@ -14,7 +14,9 @@ from rcr_deploy.checkpoint import load_checkpoint
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError, lr_factor
-from test_data import write_dataset
+from support import write_dataset
+
+pytestmark = pytest.mark.slow  # trains for real, DDP included
 
 ARCH = "rcrnet"
 

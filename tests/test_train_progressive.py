@@ -10,8 +10,9 @@ import pytest
 
 from rcr_deploy.train.schedule import RunSampler, epoch_cost, plan_epochs, size_at
 from rcr_deploy.train.trainer import Trainer, TrainError
-from test_data import write_dataset
-from test_train_schedule import config
+from support import train_config as config, write_dataset
+
+pytestmark = pytest.mark.slow  # trains for real
 
 
 @pytest.fixture(scope="module")

@@ -24,19 +24,15 @@ from rcr_deploy.fileio import sha256_file
 from rcr_deploy.reparam import reparameterize
 from rcr_deploy.train import trainer as trainer_mod
 from rcr_deploy.train.schedule import RunSampler, epoch_order, lr_factor, plan_epochs
-from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError
-from test_data import write_dataset
+from rcr_deploy.train.trainer import Trainer, TrainError
+from support import train_config as config, write_dataset
+
+pytestmark = pytest.mark.slow  # trains for real
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("portraits"), n=7)  # 6 train, 1 val
-
-
-def config(data, out, **kw) -> TrainConfig:
-    # Pinned to fp32 on the CPU: bf16 autocast is emulated, and very slow, on CPUs without avx512_bf16.
-    base = dict(data=str(data), out=str(out), arch="rcrnet", size=64, batch=2, epochs=2, workers=0, seed=3, lr=2e-3, device="cpu", amp="off")
-    return TrainConfig(**{**base, **kw})
 
 
 def test_run_sampler_is_the_per_epoch_order_and_resumes_mid_epoch():

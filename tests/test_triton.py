@@ -20,6 +20,8 @@ from rcr_deploy.exporters import triton  # noqa: E402
 from rcr_deploy.artifact import manifest_path, write_manifest  # noqa: E402
 from rcr_deploy.fileio import sha256_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # exports twice for a real model repository
+
 SIZE = 64
 
 

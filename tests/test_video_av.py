@@ -17,7 +17,7 @@ import pytest
 import rcr_deploy
 from rcr_deploy import infer, video, video_av
 from rcr_deploy.errors import RcrError
-from test_infer import KnownRunner, visible_files
+from support import KnownRunner, visible_files
 
 FPS, RATE, TONE_HZ = 10, 16000, 440.0
 

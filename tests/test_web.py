@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcr_deploy import preprocess
+from rcr_deploy import postprocess, preprocess
 from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.exporters import web as web_export
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.infer import Segmenter
-from rcr_deploy.metrics import THRESHOLD
+from rcr_deploy.postprocess import THRESHOLD
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+pytestmark = pytest.mark.slow  # exports the browser folder and drives Chromium
 
 REPO = Path(__file__).resolve().parents[1]
 EG1800_IMAGES = REPO.parent / "shared" / "data" / "eg1800" / "images"
@@ -127,7 +129,7 @@ writeFileSync(process.argv[8], JSON.stringify({ box, rgb: Array.from(rgb), prior
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, ((diff == 0).mean(), diff.max())
         prior = preprocess.letterbox_mask(mask, box)
         np.testing.assert_allclose(np.asarray(js["prior"]).reshape(224, 224), prior, atol=1e-4)  # float32 rounding order: far below the 0.5 threshold
-        np.testing.assert_allclose(np.asarray(js["back"]).reshape(h, w), preprocess.unletterbox(prior, box), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(js["back"]).reshape(h, w), postprocess.unletterbox(prior, box), atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------- the browser

@@ -21,7 +21,7 @@ from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.slow, pytest.mark.wheel]
 
 
 def _run(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from rcr_deploy.errors import CheckpointError
+from rcr_deploy.errors import RcrError
 from rcr_deploy.models.portraitnet import PortraitNet
 from rcr_deploy.models.rcrnet import RCRNet
 
@@ -85,9 +85,16 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_ARCH = "rcrnet"
 
 
-def build_model(arch: str, in_channels: int = 4, num_classes: int = 2) -> nn.Module:
-    """A train-form model of a registered variant."""
+def build_model(arch: str, in_channels: int = 4, num_classes: int = 2, deploy: bool = False) -> nn.Module:
+    """A model of a registered variant: the train form, or with `deploy` the deploy form's
+    architecture (every block's fused layers, no training heads), its weights to be loaded."""
     if arch not in VARIANTS:
-        raise CheckpointError(f"unknown architecture {arch!r}: use one of {', '.join(VARIANTS)}")
+        raise RcrError(f"unknown architecture {arch!r}: use one of {', '.join(VARIANTS)}")
     variant = VARIANTS[arch]
-    return variant.cls(in_channels=in_channels, num_classes=num_classes, **variant.config)
+    model = variant.cls(in_channels=in_channels, num_classes=num_classes, **variant.config)
+    if deploy:
+        for module in list(model.modules()):
+            if hasattr(module, "deploy_layers"):
+                module.deploy_layers()
+        model.drop_training_heads()
+    return model

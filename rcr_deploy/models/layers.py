@@ -2,7 +2,9 @@
 
 The re-parameterisation protocol follows MobileOne: a module with a `reparameterize()` method
 replaces its own train-time branches by one convolution in place. `rcr_deploy.reparam`
-deep-copies a model and calls it on every such module.
+deep-copies a model and calls it on every such module. `deploy_layers()` is the structural half
+alone (the deploy form's layers, weights unset): `build_model(..., deploy=True)` builds the deploy
+form with it, so a deploy-form checkpoint loads without any fusion (MobileOne's inference_mode).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from rcr_deploy import reparam
 
 def _relu() -> nn.Module:
     return nn.ReLU(inplace=True)
+
+
+def _biased(conv: nn.Conv2d, k: int) -> nn.Conv2d:
+    """A conv of `conv`'s channels, stride and groups with a k x k kernel and a bias, weights unset."""
+    return nn.Conv2d(conv.in_channels, conv.out_channels, k, conv.stride, k // 2, groups=conv.groups, bias=True).to(conv.weight)
 
 
 class ConvBN(nn.Module):
@@ -31,12 +38,17 @@ class ConvBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
+    def deploy_layers(self) -> None:
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = _biased(self.conv, self.conv.kernel_size[0])
+            self.bn = nn.Identity()
+
     def reparameterize(self) -> None:
         if not isinstance(self.bn, nn.BatchNorm2d):
             return
         kernel, bias = reparam.fuse_conv_bn(self.conv.weight, self.bn)
-        self.conv = reparam.conv_like(self.conv, kernel, bias)
-        self.bn = nn.Identity()
+        self.deploy_layers()
+        reparam.load_kernel(self.conv, kernel, bias)
 
 
 class RCRBlock2(nn.Module):
@@ -65,12 +77,17 @@ class RCRBlock2(nn.Module):
         kid = reparam.identity_kernel(self.channels, groups=self.channels, k=3).to(k3)
         return k3 + reparam.pad_1x1_to_3x3(k1) + kid, b3 + b1
 
+    def deploy_layers(self) -> None:
+        if self.fused is None:
+            self.fused = _biased(self.conv3.conv, 3)
+            del self.conv3, self.conv1
+
     def reparameterize(self) -> None:
         if self.fused is not None:
             return
         kernel, bias = self.get_kernel_bias()
-        self.fused = reparam.conv_like(self.conv3.conv, kernel, bias)
-        del self.conv3, self.conv1
+        self.deploy_layers()
+        reparam.load_kernel(self.fused, kernel, bias)
 
 
 class RCRModule(nn.Module):

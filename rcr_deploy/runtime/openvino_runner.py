@@ -22,7 +22,6 @@ converted again, with a one-line note, never run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -33,9 +32,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rcr_deploy.artifact import check_graph, check_manifest, manifest_path, read_manifest, verify_bytes
+from rcr_deploy.artifact import check_graph, manifest_path, read_manifest, verify_bytes
 from rcr_deploy import __version__
-from rcr_deploy.errors import BackendUnavailable, ManifestError, RcrError
+from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.runtime import Runner
 
@@ -44,8 +43,6 @@ PRECISION_HINTS = ("f32", "bf16")
 #: Static-shape compilations kept per runner besides those `warm_up` pinned (a video or a folder
 #: uses one shape, eval two).
 MAX_STATIC_SHAPES = 4
-#: Where the manifest (JSON text) sits in the IR's rt_info.
-RT_INFO_KEY = ["rcr_deploy", "manifest"]
 #: A conversion-cache entry's record of its files' sha256: written with them, checked before each use.
 CACHE_RECORD = "sha256.json"
 INSTALL_HINT = "pip install 'openvino>=2025.0', or use --backend onnxruntime"
@@ -72,17 +69,6 @@ def telemetry_off() -> None:
     except ImportError:  # a build without the telemetry package sends nothing
         return
     OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
-
-
-def rt_info_manifest(path: Path, model: Any) -> dict[str, Any] | None:
-    """The manifest copy in an IR's rt_info (schema-checked), or None."""
-    if not model.has_rt_info(RT_INFO_KEY):
-        return None
-    try:
-        manifest = json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
-    except ValueError as e:
-        raise ManifestError(f"{path}: the manifest in its rt_info is not valid JSON; re-export it with 'rcr-deploy export --format openvino'") from e
-    return check_manifest(manifest, f"{path} (rt_info manifest)")
 
 
 def verify_weights(xml: Path, manifest: dict[str, Any] | None, record: str | os.PathLike) -> None:
@@ -124,14 +110,15 @@ class OpenVINORunner(Runner):
         if precision is not None and precision not in PRECISION_HINTS:
             raise RcrError(f"OpenVINO precision {precision!r}: unknown; use one of {', '.join(PRECISION_HINTS)}")
         self.path = Path(path)
-        sidecar = None
+        self.manifest = None
         if model is None:
             check_ir_files(self.path)
-            # Every byte checked before OpenVINO reads it: the sidecar verifies the .xml (or .onnx),
-            # and its record of the weights the .bin.
-            sidecar = read_manifest(self.path, missing_ok=True)
+            # Every byte checked before OpenVINO reads it: the manifest (the sidecar, which verifies
+            # the .xml or .onnx, else the IR's own embedded copy) records the weights of the .bin.
+            self.manifest = read_manifest(self.path, missing_ok=True)
             if self.path.suffix == ".xml":
-                verify_weights(self.path, sidecar, manifest_path(self.path))
+                sidecar = manifest_path(self.path)
+                verify_weights(self.path, self.manifest, sidecar if sidecar.is_file() else f"{self.path.name} (rt_info)")
         core = ov.Core()
         config: dict[Any, Any] = {}
         if hint is not None:
@@ -146,12 +133,6 @@ class OpenVINORunner(Runner):
             # move masks several times further from ONNX Runtime (docs/cpu-engines.md).
             if model is None:
                 model = ov.convert_model(str(self.path)) if self.path.suffix == ".onnx" else core.read_model(str(self.path))
-                if sidecar is None and self.path.suffix == ".xml":
-                    # Without its sidecar, the IR's own rt_info record of the weights verifies the
-                    # .bin, still before the weights are compiled into anything.
-                    sidecar = rt_info_manifest(self.path, model)
-                    verify_weights(self.path, sidecar, f"{self.path.name} (rt_info)")
-            self.manifest = sidecar if sidecar is not None else rt_info_manifest(self.path, model)
             check_graph(self.path, self.manifest, *([_dims(p) for p in ports] for ports in (model.inputs, model.outputs)))
             fixed = _batch_one(model) if hint == "latency" else None
             self.compiled = core.compile_model(fixed or model, "CPU", config)

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from rcr_deploy.errors import RcrError
-from rcr_deploy.infer import Segmenter, encode_png
+from rcr_deploy.infer import Segmenter
+from rcr_deploy.postprocess import encode_png
 from rcr_deploy.preprocess import Letterbox
 from rcr_deploy.serve.protocol import SESSION_HEADER
 

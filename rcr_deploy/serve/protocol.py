@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rcr_deploy.errors import DataError
+from rcr_deploy.postprocess import compose, encode_png
 
 #: Header naming a video stream: the replica keeps that stream's previous mask as the next prior.
 SESSION_HEADER = "X-Session-Id"
@@ -102,7 +103,6 @@ def decode_image(body: bytes, content_type: str | None, max_megapixels: float = 
 def encode_result(rgb: np.ndarray, alpha: np.ndarray, output: str, extra: dict[str, Any]) -> tuple[bytes, str]:
     """The response body and its media type: a grey PNG mask, an RGBA PNG cut-out, or JSON with
     the mask PNG in base64 (plus `extra`, e.g. the model and the batch size)."""
-    from rcr_deploy.infer import compose, encode_png
 
     if output == "cutout":
         return encode_png(compose(rgb, alpha, "cutout")), OUTPUTS[output]

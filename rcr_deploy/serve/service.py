@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rcr_deploy.infer import Segmenter
-from rcr_deploy.metrics import THRESHOLD
+from rcr_deploy.postprocess import hard_mask
 from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.serve.protocol import SESSION_IDLE_S
@@ -105,7 +105,7 @@ class SegmentService:
             now = time.monotonic()
             for item, prob in zip(items, probs):
                 if item.session is not None:  # as local infer: the next prior is this frame's hard mask
-                    self.sessions[item.session] = ((prob > THRESHOLD).astype(np.float32), now)
+                    self.sessions[item.session] = (hard_mask(prob), now)
             self.batch_sizes[len(items)] += 1
             return probs
 

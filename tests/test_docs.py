@@ -1,0 +1,88 @@
+"""What the docs say about the shipped model is what the shipped model is: every sha256 they give
+it, every headline figure, every results file they link. Expected values come from the asset
+(`rcr_deploy/assets/rcrnet-eg1800.pt` and the validation record it carries) and from
+benchmarks/results/, so a new model or a new bench run makes a stale page fail here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from rcr_deploy.fileio import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BENCH = ROOT / "benchmarks" / "results" / "cpu-2core.json"
+
+pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="the built-in model is not in this checkout")
+
+
+def _text(page: Path) -> str:
+    return " ".join(page.read_text().split())  # a sentence may wrap anywhere
+
+
+def _one(pattern: str, page: Path) -> str:
+    """What `page` quotes where `pattern` matches: one value, however often it is repeated."""
+    found = set(re.findall(pattern, _text(page)))
+    assert len(found) == 1, f"{page.name}: expected one value where {pattern!r} matches, found {sorted(found)}"
+    return found.pop()
+
+
+def _bench() -> dict:
+    report = json.loads(BENCH.read_text())
+    return {r["name"]: r for r in report["results"]} | {"": report}
+
+
+def test_every_sha256_given_to_the_shipped_model_is_the_assets():
+    sha = sha256_file(DEFAULT_CHECKPOINT)
+    quoted = [(page.name, m.group(2)) for page in PAGES
+              for m in re.finditer(r"(first |previous |earlier )?(?:shipped|built-in) model[^.;]{0,40}?sha256 ([0-9a-f]{8,64})", _text(page))
+              if not m.group(1)]  # fmt: skip
+    wrong = [(name, q) for name, q in quoted if not sha.startswith(q)]
+    assert not wrong, f"the shipped model is sha256 {sha[:12]}; these pages say otherwise: {wrong}"
+
+
+def test_the_bench_table_is_of_the_shipped_model():
+    assert _bench()[""]["model"]["sha256"] == sha256_file(DEFAULT_CHECKPOINT), (
+        f"{BENCH.relative_to(ROOT)} timed another model; rerun its command with the shipped one"
+    )
+
+
+def test_headline_accuracy_is_the_assets_validation_record():
+    meta = load_checkpoint(DEFAULT_CHECKPOINT).meta
+    fg, reframed = f"{100 * meta['val_224']['fg_miou']:.2f}", f"{100 * meta['val_224_reframed']['fg_miou']:.2f}"
+    readme, card = ROOT / "README.md", ROOT / "docs" / "model-card.md"
+    assert _one(r"\*\*(\d+\.\d\d)\*\* mean per-image foreground IoU", readme) == fg
+    assert _one(r"(\d+\.\d\d) on the reframed split", readme) == reframed
+    status = _one(r"\*\*Status:[^*]*\*\* (\d+\.\d\d) mean per-image foreground IoU \((\d+\.\d\d) class-mean\)", card)
+    assert status == (fg, f"{100 * meta['val_224']['class_miou']:.2f}")
+    assert _one(r"(\d+\.\d\d) on the reframed split", card) == reframed
+
+
+def test_readme_int8_and_speed_figures_are_the_bench_tables():
+    rows, readme = _bench(), ROOT / "README.md"
+    assert _one(r"NNCF, (\d+\.\d\d)\)", readme) == f"{rows['openvino-int8']['miou']:.2f}"
+    assert _one(r"(\d+\.\d\d) points as ONNX Q/DQ", readme) == f"{rows['onnxruntime-fp32']['miou'] - rows['onnxruntime-int8']['miou']:.2f}"
+
+    def p50(name: str) -> float:
+        return next(r["p50_ms"] for r in rows[name]["runs"] if r["batch"] == 1)
+
+    fp32, int8, ms = _one(r"OpenVINO FP32 runs (\d+\.\d)× ONNX Runtime FP32 and OpenVINO INT8 (\d+\.\d)× \((\d+\.\d) ms", readme)
+    assert fp32 == f"{p50('onnxruntime-fp32') / p50('openvino-fp32'):.1f}"
+    assert int8 == f"{p50('onnxruntime-fp32') / p50('openvino-int8'):.1f}"
+    assert ms == f"{p50('openvino-int8'):.1f}"
+
+
+def test_every_linked_results_file_and_asset_exists():
+    missing = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+            if "://" in target or not re.search(r"benchmarks/results/|assets/", target):
+                continue
+            if not (page.parent / target).resolve().exists():
+                missing.append(f"{page.name}: {target}")
+    assert not missing, missing

@@ -22,6 +22,7 @@ converted again, with a one-line note, never run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rcr_deploy.errors import BackendUnavailable
 from rcr_deploy.metrics import IoUMeter
+from rcr_deploy.data.augment import reframe as reframed
 from rcr_deploy.data.folder import list_pairs, load_pair
 
 MODEL_FILE = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
@@ -77,10 +78,13 @@ class SelfieSegmenter:
         return cv2.resize(prob, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def fg_miou(peer: SelfieSegmenter, data: str | os.PathLike, split: str = "val", limit: int | None = None) -> tuple[float, int]:
-    """Mean per-image foreground IoU (%) of the peer on `data`'s split, and the image count."""
+def fg_miou(
+    peer: SelfieSegmenter, data: str | os.PathLike, split: str | None = "val", limit: int | None = None, reframe: bool = False
+) -> tuple[float, int]:
+    """Mean per-image foreground IoU (%) of the peer on `data`'s split (or its reframed version,
+    keyed as `evaluate` keys it), and the image count."""
     meter = IoUMeter()
-    for pair in tqdm(list_pairs(data, split)[:limit], desc="eval mediapipe", unit="img", leave=False):
-        rgb, mask = load_pair(pair)
+    for i, pair in enumerate(tqdm(list_pairs(data, split)[:limit], desc="eval mediapipe", unit="img", leave=False)):
+        rgb, mask = reframed(*load_pair(pair), i) if reframe else load_pair(pair)
         meter.add(pair.stem, peer.probability(rgb), mask)
     return meter.fg_miou * 100, len(meter.per_image)

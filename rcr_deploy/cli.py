@@ -398,7 +398,14 @@ def _interrupt_on_term() -> None:
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
+    data: Optional[list[Path]] = typer.Option(
+        None, help="Dataset folder: images/ + masks/ (or the P3M-10K layout). Repeat it to train on several datasets "
+        "together, e.g. --data eg1800/ --data ccp/: each is validated on its own split.",
+    ),
+    data_weights: Optional[str] = typer.Option(
+        None, help="Sampling weight of each --data folder, in order, e.g. 1,1 (default: each pair once per epoch).",
+        callback=_range(1e-6, 1e6),
+    ),
     out: Optional[Path] = typer.Option(None, help="Run folder for config.json, last.pt, best.pt, history.json."),
     arch: Optional[str] = typer.Option(None, help="Architecture (see 'rcr-deploy models'); default rcrnet."),
     config: Optional[Path] = typer.Option(None, help="A saved config.json to start from; options given here override it."),
@@ -440,13 +447,17 @@ def train(
         given["time_limit_min"] = time_limit
     if progressive is not None:
         given["progressive"] = [int(s) for s in progressive.split(",") if s]
+    if data is not None:
+        given["data"] = [str(d) for d in data]
+    if data_weights is not None:
+        given["data_weights"] = [float(w) for w in data_weights.split(",")]
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     if config:
         regular_file(config, "config file")
     base = TrainConfig.load(config) if config else resume_config(resume) if resume else TrainConfig()
     cfg = TrainConfig.from_dict({**dataclasses.asdict(base), **given}, "options")
     if not cfg.data:
-        raise RcrError("no dataset: pass --data DIR (a folder with images/ and masks/)")
+        raise RcrError("no dataset: pass --data DIR (a folder with images/ and masks/), once per dataset")
     if not given.get("out") and not config and not resume:
         cfg.out = f"runs/{cfg.arch}"
     check_output(cfg.out, "--out", folder=True)
@@ -572,19 +583,22 @@ def bench(
 @app.command("eval")
 def eval_(
     model: Optional[Path] = typer.Argument(None, help=MODEL_HELP),
-    data: Path = typer.Option(..., help="Dataset folder: images/ + masks/ (or the P3M-10K layout)."),
-    split: Optional[str] = typer.Option(None, help="all (default) | train | val | p3m-500-p | p3m-500-np | a file of ids."),
+    data: list[Path] = typer.Option(..., help="Dataset folder: images/ + masks/ (or the P3M-10K layout). Repeat it to score several datasets in one table."),
+    split: Optional[str] = typer.Option(None, help="all (default) | train | val | p3m-500-p | p3m-500-np | a file of ids (one --data only)."),
     size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224.", callback=SIZE),
-    limit: Optional[int] = typer.Option(None, help="Score only the first N images.", callback=COUNT),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N images of each dataset.", callback=COUNT),
     batch: int = typer.Option(8, help="Images per inference call.", callback=BATCH),
     reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Score the harder framing: each image shrunk to half and shifted in its canvas."),
-    per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV."),
-    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images, and DIR/worst.png with up to 12 side by side.", callback=_range(0, 10**6)),
+    peer: bool = typer.Option(True, "--peer/--no-peer", help="Score MediaPipe's selfie segmenter on the same images beside each row, where the 'peer' extra is installed."),
+    per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV (with a 'data' column for several datasets)."),
+    worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images, and DIR/worst.png with up to 12 side by side (DIR/NAME/ per dataset for several).", callback=_range(0, 10**6)),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", help="cpu or cuda (ONNX on CUDA needs onnxruntime-gpu; an engine needs cuda)."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
-    """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model."""
+    """Mean per-image foreground IoU (PortraitNet's 'mIoU') and class-mean IoU of any model, on one or several datasets."""
+    from rcr_deploy.benchmarks import peer as peer_mod
+    from rcr_deploy.data.folder import sources
     from rcr_deploy.evaluate import SHEET_NAME, evaluate, write_per_image_csv, write_worst
     from rcr_deploy.fileio import check_output
     from rcr_deploy.infer import Segmenter
@@ -596,28 +610,71 @@ def eval_(
         check_output(worst[1], "--worst", folder=True)
         check_output(worst[1] / SHEET_NAME, "--worst")
 
+    named = sources([str(d) for d in data])
+    if len(named) > 1 and split and Path(split).is_file():
+        raise RcrError(f"--split {split}: a file of ids needs a single --data; several datasets use train, val or all")
+    mediapipe = _peer_or_none(peer_mod) if peer else None
+    rows, pictures = [], {}
     with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
         size = Segmenter(runner, size=size).size  # infer's checks of the artifact and --size, so both accept the same models
-        report = evaluate(runner, data, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
+        for src in named:
+            report = evaluate(runner, src.root, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
+            row = {"name": src.name, **{k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}}
+            row["reframed"] = reframe
+            if mediapipe is not None:
+                row["mediapipe_fg_miou"] = peer_mod.fg_miou(mediapipe, src.root, split, limit, reframe)[0] / 100
+            rows.append((row, report))
+            if worst and worst[0]:
+                folder = worst[1] if len(named) == 1 else worst[1] / src.name
+                pictures[src.name] = write_worst(report, runner, worst[0], folder, split)
         if per_image:
-            write_per_image_csv(report, per_image)
-        pictures = write_worst(report, runner, worst[0], worst[1], split) if worst and worst[0] else []
-    sheet = worst[1] / SHEET_NAME if pictures else None
+            write_per_image_csv([r for _, r in rows], per_image, names=[row["name"] for row, _ in rows] if len(rows) > 1 else None)
+    sheets = {n: str((worst[1] if len(named) == 1 else worst[1] / n) / SHEET_NAME) for n, p in pictures.items() if p}
     if as_json:
-        fields = {k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}
-        print(json.dumps({**fields, "worst": [str(p) for p in pictures], "worst_sheet": sheet and str(sheet)}, indent=2))
+        out: dict[str, Any] = {"rows": [row for row, _ in rows]}
+        if len(rows) == 1:  # one dataset: its fields at the top level too, as before several were allowed
+            out = {**{k: v for k, v in rows[0][0].items() if k not in ("name", "reframed")}, **out}
+            out["worst"] = [str(p) for p in pictures.get(named[0].name, [])]
+            out["worst_sheet"] = sheets.get(named[0].name)
+        else:
+            out["worst"] = {n: [str(p) for p in ps] for n, ps in pictures.items()}
+            out["worst_sheet"] = sheets
+        print(json.dumps(out, indent=2))
         return
     framing = ", reframed: half size, shifted" if reframe else ""
-    console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")
-    console.print(f"  mean per-image foreground IoU (PortraitNet's mIoU): {report.fg_miou * 100:.2f}")
-    console.print(f"  class-mean IoU (mean of person and background IoU):  {report.class_miou * 100:.2f}")
+    if len(rows) == 1:
+        row, report = rows[0]
+        console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")
+        console.print(f"  mean per-image foreground IoU (PortraitNet's mIoU): {report.fg_miou * 100:.2f}")
+        console.print(f"  class-mean IoU (mean of person and background IoU):  {report.class_miou * 100:.2f}")
+        if "mediapipe_fg_miou" in row:
+            console.print(f"  MediaPipe selfie segmenter on the same images, foreground IoU: {row['mediapipe_fg_miou'] * 100:.2f}")
+    else:
+        table = Table(title=f"{rows[0][1].model} at {size}x{size}{framing}")
+        for col in ("data", "split", "images", "fg mIoU", "class mIoU") + (("MediaPipe fg mIoU",) if mediapipe else ()):
+            table.add_column(col, justify="left" if col in ("data", "split") else "right")
+        for row, report in rows:
+            cells = [row["name"], report.split or "all", str(report.n_images), f"{report.fg_miou * 100:.2f}", f"{report.class_miou * 100:.2f}"]
+            table.add_row(*cells, *([f"{row['mediapipe_fg_miou'] * 100:.2f}"] if mediapipe else []))
+        console.print(table)
     if per_image:
         console.print(f"  per-image scores: {per_image}")
-    if pictures:
-        console.print(
-            f"  {len(pictures)} worst images as overlays in {worst[1]}, side by side in {sheet} "
-            "(green right, red false person, blue missed)"
-        )
+    for name, ps in pictures.items():
+        if ps:
+            console.print(
+                f"  {len(ps)} worst images of {name} as overlays beside {sheets[name]} "
+                "(green right, red false person, blue missed)"
+            )
+
+
+def _peer_or_none(peer_mod: Any) -> Any:
+    """MediaPipe's selfie segmenter where the 'peer' extra is installed, else None (eval then has no peer column)."""
+    from rcr_deploy.errors import BackendUnavailable
+
+    try:
+        return peer_mod.SelfieSegmenter()
+    except BackendUnavailable:
+        return None
 
 
 # ---- demo

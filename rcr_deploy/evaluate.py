@@ -84,9 +84,13 @@ def evaluate(
     )
 
 
-def write_per_image_csv(report: EvalReport, path: str | os.PathLike) -> Path:
-    """One row per image: stem, foreground IoU, class-mean IoU (written atomically)."""
-    rows = ["stem,fg_iou,class_iou"] + [f"{s.stem},{s.fg_iou:.6f},{s.class_iou:.6f}" for s in report.per_image]
+def write_per_image_csv(reports: list[EvalReport], path: str | os.PathLike, names: list[str] | None = None) -> Path:
+    """One row per image: stem, foreground IoU, class-mean IoU (written atomically); with `names`
+    (one per report, for several datasets), a leading `data` column."""
+    lead = ["" for _ in reports] if names is None else [f"{n}," for n in names]
+    rows = [("data," if names else "") + "stem,fg_iou,class_iou"] + [
+        f"{tag}{s.stem},{s.fg_iou:.6f},{s.class_iou:.6f}" for tag, report in zip(lead, reports) for s in report.per_image
+    ]
     write_text_atomic(path, "\n".join(rows) + "\n")
     return Path(path)
 

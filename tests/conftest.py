@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
 
-from rcr_deploy.cli import main
-
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.models import build_model
+from support import CliResult
+from support import cli as run_cli
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 EG1800 = SHARED / "data" / "eg1800"
@@ -50,33 +47,8 @@ def ckpt(tmp_path_factory) -> Path:
     return path
 
 
-class CliResult(NamedTuple):
-    """What one in-process `rcr-deploy` command did: `code, out, err = cli(...)`."""
-
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
-def cli(capsys) -> Callable[..., CliResult]:
-    """Run the console entry point in-process, as a user's shell would (typed errors mapped to one
-    line and an exit code by `cli.main`): `cli("export", "--out", dir).code`. Signal handlers that
-    a command installs (train does) are put back, so the test process keeps its own."""
-
-    def run(*args: str | Path) -> CliResult:
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        argv, sys.argv = sys.argv, ["rcr-deploy", *map(str, args)]
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        finally:
-            sys.argv = argv
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
+def cli() -> Callable[..., CliResult]:
+    """The one CLI runner: `code, out, err = cli("export", "--out", dir)` (`support.cli`, in-process;
+    `support.cli_process` runs a command in its own interpreter where a test needs one)."""
+    return run_cli

@@ -1,19 +1,59 @@
-"""Helpers that several test modules share (no test module imports another): a synthetic
-labelled folder, a stand-in model whose answer is known, picture and video readers, a small
-training configuration."""
+"""Helpers that several test modules share (no test module imports another): the CLI runners, a
+synthetic labelled folder, a stand-in model whose answer is known, picture and video readers, a
+small training configuration."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from rcr_deploy.cli import main
 from rcr_deploy.runtime import Runner
 
 PERSON, BACKGROUND = (230, 30, 30), (30, 30, 230)
+
+
+class CliResult(NamedTuple):
+    """What one `rcr-deploy` command did: `code, out, err = cli(...)`."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args: str | Path) -> CliResult:
+    """The console entry point in-process, as a user's shell runs it (typed errors mapped to one
+    line and an exit code by `cli.main`). Signal handlers that a command installs (train does)
+    are put back, so the test process keeps its own. The `cli` fixture in conftest.py is this."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = ["rcr-deploy", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def cli_process(*args: str | Path, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m rcr_deploy ARGS` in its own process: a fresh interpreter, with its own threads,
+    imports and signal handlers."""
+    return subprocess.run([sys.executable, "-m", "rcr_deploy", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def portrait(h: int = 48, w: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,36 +2,29 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rcr_deploy.benchmarks import harness
 from rcr_deploy.benchmarks.cost import count_macs_torch
 from rcr_deploy.benchmarks.report import to_markdown
 from rcr_deploy.exporters.onnx import export_onnx
 from rcr_deploy.checkpoint import save_checkpoint
-from rcr_deploy.cli import app
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.models import build_model
 from rcr_deploy.reparam import randomize_bn, reparameterize
 from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, write_manifest
 from rcr_deploy.runtime import Runner
+from support import cli, cli_process
 
 pytestmark = pytest.mark.slow  # its fixtures export and time real artifacts
 
 SCHEMA = json.loads((Path(harness.__file__).with_name("schema.json")).read_text())
 SIZE = 64
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +62,10 @@ def cli_run(export_folder, tmp_path_factory):
     cwd = Path.cwd()
     try:
         os.chdir(export_folder)  # the user's flow: bench in the folder where export ran
-        result = CliRunner().invoke(app, args)
+        result = cli(*args)
     finally:
         os.chdir(cwd)
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.code == 0, result.err
     return result, json.loads((out / "r.json").read_text()), out
 
 
@@ -88,7 +81,7 @@ def test_every_selected_backend_ran_or_says_why(cli_run):
     assert names == ["torch-train", "torch-deploy", "onnxruntime-unfused", "onnxruntime-fp32"]
     skipped = {s["name"]: s["reason"] for s in report["skipped"]}
     assert "rcr-deploy export" in skipped["onnxruntime-int8"]
-    assert "skipped onnxruntime-int8" in result.output
+    assert "skipped onnxruntime-int8" in result.out + result.err
 
 
 def test_ratios_floor_and_cost_are_consistent(cli_run, export_folder):
@@ -157,14 +150,14 @@ def test_batch_list_that_is_not_numbers():
 
 
 def test_cli_zero_iterations_exit_2_without_work(tmp_path):
-    out = run_cli("bench", "--iters", "0", cwd=tmp_path)
+    out = cli_process("bench", "--iters", "0", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--iters 0" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_no_artifact_names_the_export_command(tmp_path):
-    out = run_cli("bench", "--json-out", str(tmp_path / "r.json"), cwd=tmp_path)
+    out = cli_process("bench", "--json-out", str(tmp_path / "r.json"), cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "rcr-deploy-out/rcrnet.onnx" in out.stderr and "rcr-deploy export" in out.stderr
@@ -174,13 +167,13 @@ def test_cli_no_artifact_names_the_export_command(tmp_path):
 def test_cli_bench_times_an_artifact_path_and_json_prints(export_folder, tmp_path):
     """`bench ARTIFACT.onnx --json`: the baseline and that file only; the report on stdout, nothing written."""
     artifact = export_folder / DEFAULT_OUT_DIR / ARTIFACT_NAMES["fp32"]
-    out = run_cli("bench", str(artifact), "--json", "--iters", "2", "--warmup", "0", "--size", str(SIZE), cwd=tmp_path)
+    out = cli_process("bench", str(artifact), "--json", "--iters", "2", "--warmup", "0", "--size", str(SIZE), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     jsonschema.validate(report, SCHEMA)
     assert [r["name"] for r in report["results"]] == ["torch-train", "onnxruntime:rcrnet.onnx"]
     assert report["results"][1]["miou"] == pytest.approx(95.12) and list(tmp_path.iterdir()) == []
-    bad = run_cli("bench", str(export_folder / "ckpt.pt"), cwd=tmp_path)
+    bad = cli_process("bench", str(export_folder / "ckpt.pt"), cwd=tmp_path)
     assert bad.returncode == 2 and "ckpt.pt: not a model file bench runs; bench takes an export folder or files of" in bad.stderr
 
 
@@ -207,7 +200,7 @@ def _has_tensorrt_and_gpu() -> bool:
 
 @pytest.mark.skipif(_has_tensorrt_and_gpu(), reason="TensorRT and a GPU are present: the engine really builds here")
 def test_cli_engine_without_tensorrt_stops_with_the_install_hint(export_folder):
-    out = run_cli("bench", "--engine", "fp16", cwd=export_folder)
+    out = cli_process("bench", "--engine", "fp16", cwd=export_folder)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "TensorRT" in out.stderr and "--backend onnxruntime" in out.stderr

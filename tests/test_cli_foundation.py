@@ -1,25 +1,20 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.models import build_model
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600)
+from support import cli_process
 
 
 def test_help_lists_commands():
-    out = run("--help")
+    out = cli_process("--help")
     assert out.returncode == 0
     assert "verify-reparam" in out.stdout and "models" in out.stdout
 
 
 def test_models_json_reports_every_variant():
-    out = run("models", "--json")
+    out = cli_process("models", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["variant"]: r for r in json.loads(out.stdout)["variants"]}
     assert set(rows) == {"portraitnet", "rcrnet-dagger", "rcrnet-ddagger", "rcrnet-diamond", "rcrnet"}
@@ -28,7 +23,7 @@ def test_models_json_reports_every_variant():
 
 @pytest.mark.slow  # every variant in float32 and float64 (minutes on 2 cores)
 def test_verify_reparam_default_passes_with_json():
-    out = run("verify-reparam", "--json")
+    out = cli_process("verify-reparam", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["passed"]
@@ -41,14 +36,14 @@ def test_verify_reparam_default_passes_with_json():
 def test_verify_reparam_exit_1_when_tolerance_is_impossible(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, build_model("rcrnet"), "rcrnet")
-    out = run("verify-reparam", str(path), "--rtol64", "0", "--atol64", "0", "--rtol32", "0", "--atol32", "0")
+    out = cli_process("verify-reparam", str(path), "--rtol64", "0", "--atol64", "0", "--rtol32", "0", "--atol32", "0")
     assert out.returncode == 1
     assert "beyond tolerance" in out.stderr
 
 
 @pytest.mark.parametrize("args", [("verify-reparam", "/no/such.pt"), ("verify-reparam", "--rtol32", "x")])
 def test_bad_input_exit_2_one_line(args):
-    out = run(*args)
+    out = cli_process(*args)
     assert out.returncode == 2
     if args[1].startswith("/"):
         assert out.stderr.strip().count("\n") == 0 and "/no/such.pt" in out.stderr

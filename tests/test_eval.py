@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -17,7 +15,7 @@ from rcr_deploy.evaluate import SHEET_CELL, contact_sheet, evaluate
 from rcr_deploy.postprocess import foreground_prob
 from rcr_deploy.models import build_model
 from rcr_deploy.runtime import Runner
-from support import write_dataset
+from support import cli_process, write_dataset
 
 
 class AllPerson(Runner):
@@ -51,15 +49,11 @@ def test_foreground_prob_is_softmax_of_class_1():
     assert foreground_prob(logits)[0, 0, 0] == pytest.approx(0.75)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600)
-
-
 def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     root = write_dataset(tmp_path / "d", n=4)
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
-    proc = run_cli("eval", str(ckpt), "--data", str(root), "--size", "64", "--per-image", str(tmp_path / "s.csv"),
+    proc = cli_process("eval", str(ckpt), "--data", str(root), "--size", "64", "--per-image", str(tmp_path / "s.csv"),
                    "--worst", "2", str(tmp_path / "worst"), "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -71,7 +65,7 @@ def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     pictures = sorted(p.name for p in (tmp_path / "worst").iterdir())
     assert pictures == [f"01-{worst[0]['stem']}.png", f"02-{worst[1]['stem']}.png", "worst.png"]
     assert cv2.imread(report["worst_sheet"]).shape == (SHEET_CELL[1], 2 * SHEET_CELL[0], 3)
-    text = run_cli("eval", str(ckpt), "--data", str(root), "--size", "64", "--split", "val")
+    text = cli_process("eval", str(ckpt), "--data", str(root), "--size", "64", "--split", "val")
     assert "mean per-image foreground IoU" in text.stdout and "class-mean IoU" in text.stdout
 
 
@@ -80,9 +74,9 @@ def test_cli_eval_bad_input_exit_2(tmp_path):
     (tmp_path / "masks").mkdir()
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
-    proc = run_cli("eval", str(ckpt), "--data", str(tmp_path))
+    proc = cli_process("eval", str(ckpt), "--data", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no image/mask pairs" in proc.stderr
-    proc = run_cli("eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path))
+    proc = cli_process("eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path))
     assert proc.returncode == 2 and "missing.pt" in proc.stderr
 
 
@@ -96,3 +90,24 @@ def test_contact_sheet_fits_each_picture_into_its_cell_in_rows():
     assert (sheet[mid, cw // 2] == 100).all() and (sheet[2 * ch - 2, cw // 2] == 0).all()  # cell (1, 0): wide
     assert (sheet[mid, cw + cw // 2] == 200).all() and (sheet[mid, cw + 2] == 0).all()  # (1, 1): tall
     assert (sheet[2 * ch + ch // 2, 2 * cw + cw // 2] == 0).all()  # the ninth cell is empty
+
+
+def test_cli_eval_several_datasets_in_one_table(tmp_path):
+    a, b = write_dataset(tmp_path / "selfies", n=3), write_dataset(tmp_path / "bodies", n=2, h=64, w=32)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
+    args = ["eval", str(ckpt), "--data", str(a), "--data", str(b), "--size", "64", "--no-peer"]
+    proc = run_cli(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    assert [(r["name"], r["n_images"]) for r in rows] == [("selfies", 3), ("bodies", 2)]
+    per_image = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [(r["data"], r["stem"]) for r in per_image] == [("selfies", "00000"), ("selfies", "00001"), ("selfies", "00002"), ("bodies", "00000"), ("bodies", "00001")]
+    for row in rows:  # each row is that dataset alone, scored as a one-dataset eval scores it
+        alone = json.loads(run_cli("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").stdout)
+        assert alone["fg_miou"] == pytest.approx(row["fg_miou"]) and alone["rows"][0]["fg_miou"] == alone["fg_miou"]
+        assert (tmp_path / "worst" / row["name"] / "worst.png").is_file()
+    text = run_cli(*args)
+    assert text.returncode == 0 and "selfies" in text.stdout and "bodies" in text.stdout
+    proc = run_cli("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
+    assert proc.returncode == 2 and "single --data" in proc.stderr

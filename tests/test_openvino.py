@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +27,12 @@ from rcr_deploy.artifact import ARTIFACT_NAMES, IR_RT_INFO_KEY, format_path, man
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import OpenVINORunner
-from support import write_dataset
+from support import cli_process, write_dataset
 
 pytestmark = pytest.mark.slow  # exports OpenVINO IRs and runs NNCF
 
 pytest.importorskip("openvino")
 SIZE = 64
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -253,12 +247,12 @@ def test_int8_artifact_agrees_across_ort_levels_and_openvino(exported):
 def test_load_runner_eval_infer_and_bench_take_the_ir(exported, tmp_path):
     xml = _xml(exported, "fp32")
     assert isinstance(load_runner(xml), OpenVINORunner)
-    ev = run_cli("eval", str(xml), "--data", str(exported["data"]), "--json")
+    ev = cli_process("eval", str(xml), "--data", str(exported["data"]), "--json")
     assert ev.returncode == 0, ev.stderr[-1500:]
     report = json.loads(ev.stdout)
     assert report["model"] == f"openvino:{xml.name}" and report["n_images"] == 6 and report["size"] == SIZE
     image = list_images(exported["data"] / "images")[0]
-    inf = run_cli("infer", str(image), "--model", str(xml), "--out", str(tmp_path / "inf"), "--save", "mask")
+    inf = cli_process("infer", str(image), "--model", str(xml), "--out", str(tmp_path / "inf"), "--save", "mask")
     assert inf.returncode == 0, inf.stderr[-1500:]
     assert list((tmp_path / "inf").rglob("*.png"))
     from rcr_deploy.benchmarks.harness import BenchConfig, run_bench
@@ -285,14 +279,14 @@ def test_ir_with_missing_or_truncated_bin_is_one_line_exit_2(exported, tmp_path)
         if case == "truncated":
             data = _xml(exported, "fp32").with_suffix(".bin").read_bytes()
             xml.with_suffix(".bin").write_bytes(data[: len(data) // 2])
-        proc = run_cli("eval", str(xml), "--data", str(exported["data"]))
+        proc = cli_process("eval", str(xml), "--data", str(exported["data"]))
         assert proc.returncode == 2, proc.stderr[-1500:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and "rcrnet." in lines[0], lines
 
 
 def test_unknown_format_is_one_line_exit_2(tmp_path):
-    proc = run_cli("export", "--out", str(tmp_path / "o"), "--format", "onnx,tflite")
+    proc = cli_process("export", "--out", str(tmp_path / "o"), "--format", "onnx,tflite")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--format tflite" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -249,33 +249,24 @@ def test_video_through_server_carries_the_prior_like_local_infer(server, clip):
     assert any(not np.array_equal(a, (p > 0.5)) for a, p in zip(local_masks, no_prior.probs))
 
 
-def test_cli_client_writes_what_local_infer_writes(server, tmp_path):
-    from rcr_deploy.cli import app
-
-    from typer.testing import CliRunner
-
+def test_cli_client_writes_what_local_infer_writes(server, tmp_path, cli):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
         Image.fromarray(synthetic.sample_portrait(120, 90, seed=i)[0]).save(folder / f"p{i}.png")
-    runner = CliRunner()
     for name, extra in [("local", []), ("remote", ["--server", server])]:
-        result = runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / name), "--save", "mask,cutout,overlay", *extra])
-        assert result.exit_code == 0, result.output
+        code, out, err = cli("infer", folder, "-o", tmp_path / name, "--save", "mask,cutout,overlay", *extra)
+        assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "local").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "remote").iterdir()) and len(files) == 6
     for name in files:
         assert np.array_equal(png_array((tmp_path / "local" / name).read_bytes()), png_array((tmp_path / "remote" / name).read_bytes())), name
 
 
-def test_client_reports_unreachable_server(tmp_path):
-    from rcr_deploy.cli import app
-
-    from typer.testing import CliRunner
-
+def test_client_reports_unreachable_server(tmp_path, cli):
     (tmp_path / "sample.png").write_bytes(SAMPLE)
-    result = CliRunner().invoke(app, ["infer", str(tmp_path / "sample.png"), "-o", str(tmp_path), "--server", f"http://127.0.0.1:{_free_port()}"])
-    assert result.exit_code != 0 and "cannot reach the server" in str(result.exception)
+    code, _, err = cli("infer", tmp_path / "sample.png", "-o", tmp_path, "--server", f"http://127.0.0.1:{_free_port()}")
+    assert code == 2 and "cannot reach the server" in err and err.count("\n") == 1
 
 
 def test_serve_refuses_bad_model_and_busy_port_before_starting_ray(tmp_path):

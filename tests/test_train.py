@@ -14,7 +14,7 @@ from rcr_deploy.checkpoint import load_checkpoint
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError, lr_factor
-from support import write_dataset
+from support import cli_process, write_dataset
 
 pytestmark = pytest.mark.slow  # trains for real, DDP included
 
@@ -31,10 +31,6 @@ def config(data, out, **kw) -> TrainConfig:
     # Pinned to fp32 on the CPU: bf16 autocast is emulated, and very slow, on CPUs without avx512_bf16.
     base = dict(data=str(data), out=str(out), arch=ARCH, size=64, batch=2, epochs=2, workers=0, seed=3, lr=2e-3, device="cpu", amp="off")
     return TrainConfig(**{**base, **kw})
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "rcr_deploy", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_short_run_learns_and_writes_everything(data, tmp_path):
@@ -102,7 +98,7 @@ def test_ddp_ranks_stop_together_at_a_time_limit(data, tmp_path):
 
 
 def test_resume_missing_or_incompatible(data, tmp_path):
-    proc = run_cli("train", "--data", str(data), "--resume", str(tmp_path / "nope.pt"))
+    proc = cli_process("train", "--data", str(data), "--resume", str(tmp_path / "nope.pt"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "nope.pt: no such checkpoint" in proc.stderr
     assert proc.stderr.count("\n") == 1
     Trainer(config(data, tmp_path / "run", max_steps=1), progress=False).fit()
@@ -118,7 +114,7 @@ def test_resume_missing_or_incompatible(data, tmp_path):
 def test_bad_dataset_is_exit_2_before_training(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    proc = run_cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    proc = cli_process("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and "no image/mask pairs" in proc.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
 

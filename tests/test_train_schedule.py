@@ -180,7 +180,7 @@ def test_anywhere_samples_are_deterministic_and_keep_targets_consistent(data):
     ds = PortraitDataset(pairs, 64, seed=1, anywhere=True)
     a, b = ds[(3, 2)], ds[(3, 2)]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    s = make_sample(*load_pair(pairs[0]), np.random.default_rng(4), 64, 4, other=load_pair(pairs[1]))
+    s = make_sample(*load_pair(pairs[0]), np.random.default_rng(4), 64, 4, others=[load_pair(p) for p in pairs[1:4]])
     assert set(np.unique(s.mask)) <= {0, 1} and s.student.shape == s.teacher.shape == (4, 64, 64)
     assert np.array_equal(s.edge, edge_target(s.mask.astype(np.uint8)))  # the edge follows the pasted union
 

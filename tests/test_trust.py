@@ -33,8 +33,8 @@ from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.serve import client as serve_client
 from rcr_deploy.serve.service import SegmentService
-from test_data import write_dataset
-from test_fuzz_cli import assert_refused, cli, photo  # noqa: F401  (photo: a fixture)
+from support import cli, write_dataset
+from test_fuzz_cli import assert_refused, photo  # noqa: F401  (photo: a fixture)
 
 SIZE = 64
 
@@ -113,7 +113,7 @@ TAMPERED = ["rcrnet.onnx", "rcrnet.xml", "rcrnet.bin"]
 def test_tampered_artifact_bytes_are_refused_before_use(folder, tmp_path, photo, data, name, cmd):
     flip(folder / name)
     model = folder / name if name != "rcrnet.bin" else folder / "rcrnet.xml"
-    code, err, _ = cli(*command(cmd, model, tmp_path, photo, data))
+    code, _, err = cli(*command(cmd, model, tmp_path, photo, data))
     assert_refused(code, err, name)
     assert "sha256" in err and "re-export" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -129,7 +129,7 @@ def test_tampered_artifact_bytes_are_refused_by_the_server(folder, name):
 def test_a_tampered_ir_without_its_sidecar_is_checked_against_its_own_record(folder, tmp_path, photo):
     manifest_path(folder / "rcrnet.xml").unlink()  # the copy in the IR's rt_info still records the weights
     flip(folder / "rcrnet.bin")
-    code, err, _ = cli("infer", str(photo), "--model", str(folder / "rcrnet.xml"), "--out", str(tmp_path / "o"))
+    code, _, err = cli("infer", str(photo), "--model", str(folder / "rcrnet.xml"), "--out", str(tmp_path / "o"))
     assert_refused(code, err, "rcrnet.bin")
 
 
@@ -217,7 +217,7 @@ def test_every_manifest_field_is_bounded_and_every_command_refuses_alike(folder,
         record = json.loads(manifest_path(artifact).read_text())
         _set(record, where, value)
         manifest_path(artifact).write_text(json.dumps(record))
-    code, err, _ = cli(*command(cmd, artifact, tmp_path, photo, data))
+    code, _, err = cli(*command(cmd, artifact, tmp_path, photo, data))
     assert_refused(code, err, named)
     assert "rcrnet.onnx" in err
 
@@ -255,7 +255,7 @@ FOREIGN = {
 def test_a_foreign_graph_is_refused_from_its_own_shapes(tmp_path, photo, data, case, cmd):
     inputs, output, body = FOREIGN[case]
     model = _graph(tmp_path / "foreign.onnx", inputs, output, body)
-    code, err, _ = cli(*command(cmd, model, tmp_path, photo, data))
+    code, _, err = cli(*command(cmd, model, tmp_path, photo, data))
     assert_refused(code, err, "foreign.onnx")
     assert "RCRNet artifacts" in err
 
@@ -266,7 +266,7 @@ def test_a_manifest_size_other_than_the_graph_s_is_refused(folder, tmp_path, pho
     record = json.loads(manifest_path(artifact).read_text())
     record["input"]["size"], record["input"]["shape"][2:], record["output"]["shape"][2:] = [96, 96], [96, 96], [96, 96]
     manifest_path(artifact).write_text(json.dumps(record))
-    code, err, _ = cli("infer", str(photo), "--model", str(artifact), "--out", str(tmp_path / "o"))
+    code, _, err = cli("infer", str(photo), "--model", str(artifact), "--out", str(tmp_path / "o"))
     assert_refused(code, err, "its graph takes 64x64 input, its manifest says input size [96, 96]")
 
 
@@ -310,7 +310,7 @@ def test_every_path_option_is_checked_before_work_starts(tmp_path, ckpt, data, w
         "train": ["train", "--data", str(data), option, str(path)],
         "export": ["export", str(ckpt), option, str(path)],
     }[cmd]
-    code, err, _ = cli(*args)
+    code, _, err = cli(*args)
     assert_refused(code, err, str(path) if option == "--config" else option)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -319,14 +319,14 @@ def test_every_path_option_is_checked_before_work_starts(tmp_path, ckpt, data, w
 def test_a_config_of_wrong_shape_or_types_is_one_line(tmp_path, data, config):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    code, err, _ = cli("train", "--data", str(data), "--config", str(path), "--out", str(tmp_path / "run"))
+    code, _, err = cli("train", "--data", str(data), "--config", str(path), "--out", str(tmp_path / "run"))
     assert_refused(code, err, "config.json")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("port", ["0", "70000", "-1"])
 def test_serve_port_out_of_range_is_one_line(port):
-    code, err, _ = cli("serve", "--port", port)
+    code, _, err = cli("serve", "--port", port)
     assert_refused(code, err, "--port")
 
 
@@ -381,7 +381,7 @@ def test_the_server_client_refuses_any_unexpected_answer_in_one_line(tmp_path, p
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        code, err, _ = cli("infer", str(photo), "--server", url, "--out", str(tmp_path / "o"))
+        code, _, err = cli("infer", str(photo), "--server", url, "--out", str(tmp_path / "o"))
     finally:
         server.shutdown()
     assert_refused(code, err, url)
@@ -428,7 +428,7 @@ def test_a_corrupt_video_is_one_line_without_decoder_chatter(tmp_path, ckpt, cap
     for k in range(len(data) // 3, 2 * len(data) // 3, 37):  # damaged macroblocks from a third of the way in
         data[k] ^= 0xFF
     clip.write_bytes(bytes(data))
-    code, err, _ = cli("infer", str(clip), "--model", str(ckpt), "--backend", "torch", "--out", str(tmp_path / "o"))
+    code, _, err = cli("infer", str(clip), "--model", str(ckpt), "--backend", "torch", "--out", str(tmp_path / "o"))
     native = capfd.readouterr().err  # what FFmpeg wrote straight to file descriptor 2
     assert_refused(code, err, "clip.mp4")
     assert "@ 0x" not in native, native

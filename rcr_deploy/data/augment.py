@@ -7,15 +7,20 @@ One sample gives two views of the same deformed frame:
 Every operation fires with probability 0.5. Both views share one prior channel: with p = 0.5 a
 fake previous-frame mask, otherwise zeros. Normalisation is `preprocess.normalize`.
 
-`anywhere=True` adds what EG1800's centred head-and-shoulders framing never shows (the paper's
-"portraits at anywhere"): a wider scale range (small people), a second person pasted from another
-training image (target: the union of both masks), and low light or a colour cast on the frame
-(both views, so the masks supervise them directly).
+`anywhere=True` adds framings that neither EG1800's centred head-and-shoulders selfies nor CCP's
+centred standing people show (the paper's "portraits at anywhere"): a wider scale range (small,
+off-centre people); a body cut by the frame's edge; a landscape frame (16:9 or 4:3, as a video
+call or a camera gives it) whose background is another training image, so a standing person
+becomes small once it is letterboxed into the square; up to two more people pasted from other
+training images, in front of one another (target: the union of the masks); and low light or a
+colour cast (both views, so the masks supervise them directly). The other images are drawn from
+every dataset of the run, so selfies land on CCP's streets and CCP's people in EG1800's rooms.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -37,6 +42,10 @@ JITTER = 0.05
 SCALE_ANYWHERE = (0.25, 1.5)
 PASTE_SCALE = (0.3, 0.9)  # of the pasted person's fit-to-size
 P_PASTE, P_DARK, P_CAST = 0.3, 0.2, 0.2
+P_CUT, P_LANDSCAPE = 0.2, 0.2
+CUT_KEEP = (0.45, 0.85)  # of the frame's height (or width) that a cut keeps
+LANDSCAPE_ASPECTS = (16 / 9, 4 / 3)
+LANDSCAPE_HEIGHT = (0.5, 1.0)  # of the canvas height that the person's frame fills
 GAMMA_DARK = (1.5, 3.0)
 CAST = (0.75, 1.25)
 EDGE_WIDTH = 4
@@ -174,6 +183,45 @@ def paste_person(
     return np.where(keep, img, rgb), np.maximum(mask, msk)
 
 
+def cut_body(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the frame so the person is cut by its edge: most often the bottom (a standing person
+    seen from the waist up), sometimes the top or a side."""
+    h, w = mask.shape
+    side = rng.choice(4, p=[0.55, 0.15, 0.15, 0.15])  # keep the top, bottom, left, right part
+    keep = rng.uniform(*CUT_KEEP)
+    if side < 2:
+        n = max(8, round(h * keep))
+        rows = slice(0, n) if side == 0 else slice(h - n, h)
+        return rgb[rows], mask[rows]
+    n = max(8, round(w * keep))
+    cols = slice(0, n) if side == 2 else slice(w - n, w)
+    return rgb[:, cols], mask[:, cols]
+
+
+def landscape(
+    rgb: np.ndarray, mask: np.ndarray, back_rgb: np.ndarray, back_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A landscape frame (16:9 or 4:3) whose background is another training image, cropped to fill
+    it (its person stays, and stays in the target), with this frame's person cut out with its mask
+    and set in front, at 0.5-1.0 of the canvas height and anywhere along it."""
+    h = mask.shape[0]
+    cw = round(h * float(rng.choice(LANDSCAPE_ASPECTS)))
+    bh, bw = back_mask.shape
+    scale = max(cw / bw, h / bh)
+    x0, y0 = rng.uniform(0, bw * scale - cw + 1e-6), rng.uniform(0, bh * scale - h + 1e-6)
+    m = np.float64([[scale, 0, -x0], [0, scale, -y0]])
+    canvas = cv2.warpAffine(back_rgb, m, (cw, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    target = cv2.warpAffine(back_mask, m, (cw, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
+    fh, fw = mask.shape
+    s = h * rng.uniform(*LANDSCAPE_HEIGHT) / fh
+    x, y = rng.uniform(min(0.0, cw - fw * s), max(0.0, cw - fw * s)), h - fh * s  # standing on the bottom edge
+    m = np.float64([[s, 0, x], [0, s, y]])
+    img = cv2.warpAffine(rgb, m, (cw, h), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    person = cv2.warpAffine(mask, m, (cw, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    front = person[..., None] > 0
+    return np.where(front, img, canvas), np.maximum(target, person)
+
+
 def lighting(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Low light (a gamma that darkens) and a colour cast (per-channel gains), each sometimes."""
     img = rgb.astype(np.float32) / 255.0
@@ -218,15 +266,22 @@ def make_sample(
     rng: np.random.Generator,
     size: int = INPUT_SIZE,
     in_channels: int = 4,
-    other: tuple[np.ndarray, np.ndarray] | None = None,
+    others: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> Sample:
-    """Augment one (image, 0/1 mask) pair into a student/teacher training sample; `other`, a
-    second pair, turns on the `anywhere` augmentations."""
-    scale_range = SCALE if other is None else SCALE_ANYWHERE
+    """Augment one (image, 0/1 mask) pair into a student/teacher training sample; `others`, other
+    pairs of the run (the landscape background first, then people to paste), turn on the
+    `anywhere` augmentations."""
+    if others:
+        if rng.random() < P_CUT:
+            rgb, mask = cut_body(rgb, mask, rng)
+        if rng.random() < P_LANDSCAPE:
+            rgb, mask = landscape(rgb, mask, *others[0], rng)
+    scale_range = SCALE_ANYWHERE if others else SCALE
     img, msk = warp_pair(rgb, mask, deformation(rng, *mask.shape, size, scale_range), size)
-    if other is not None:
-        if rng.random() < P_PASTE:
-            img, msk = paste_person(img, msk, *other, rng)
+    if others:
+        for k in range(1, len(others)):  # each pasted in front of what is there: the occlusion order
+            if rng.random() < P_PASTE:
+                img, msk = paste_person(img, msk, *others[k], rng)
         img = lighting(img, rng)
     prior = None
     if in_channels == 4 and rng.random() < P:

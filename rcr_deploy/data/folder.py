@@ -1,4 +1,5 @@
-"""Portrait datasets on disk: pairs of an image and its person mask, matched by file stem.
+"""Portrait datasets on disk: pairs of an image and its person mask, matched by file stem, and
+`Source`, one of several folders trained on together, with its name and sampling weight.
 
 Layouts:
 * a folder with `images/` and `masks/` (EG1800, most users' own data), optionally with split
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rcr_deploy.errors import DataError
-from rcr_deploy.preprocess import IMAGE_EXTENSIONS, open_image
+from rcr_deploy.preprocess import IMAGE_EXTENSIONS, load_image, open_image
 
 #: The fixed validation rule: sort the ids; every 10th one (index % 10 == 0) is validation.
 VAL_EVERY = 10
@@ -41,6 +42,36 @@ class Pair:
 
 def _by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One dataset folder of a run: its name in histories and tables (the folder's name, made
+    unique), and its sampling weight (None: in proportion to its training pairs)."""
+
+    name: str
+    root: str
+    weight: float | None = None
+
+
+def sources(roots: list[str], weights: list[float] | None = None) -> list[Source]:
+    """Name the folders of a run: `a/eg1800`, `b/ccp` -> eg1800, ccp; a repeated name gets `-2`,
+    `-3` ... in order. `weights`, when given, has one positive weight per folder."""
+    if not roots:
+        raise DataError("no dataset: pass --data DIR (a folder with images/ and masks/), once per dataset")
+    if weights and len(weights) != len(roots):
+        raise DataError(f"--data-weights: {len(weights)} weights for {len(roots)} --data folders; give one per folder, e.g. {','.join(['1'] * len(roots))}")
+    if weights and not all(w > 0 for w in weights):
+        raise DataError(f"--data-weights {','.join(map(str, weights))}: every weight must be above 0")
+    names: list[str] = []
+    for root in roots:
+        base = Path(root).resolve().name or "data"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.append(name)
+    return [Source(n, str(r), None if not weights else float(w)) for n, r, w in zip(names, roots, weights or [None] * len(roots))]
 
 
 def _offenders(names: list[str]) -> str:
@@ -120,8 +151,6 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """An image (HxWx3 uint8 RGB) and its 0/1 mask, checked to be the same size."""
-    from rcr_deploy.preprocess import load_image
-
     rgb, mask = load_image(pair.image), load_mask(pair.mask)
     if rgb.shape[:2] != mask.shape:
         raise DataError(

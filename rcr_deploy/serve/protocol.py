@@ -17,6 +17,7 @@ from PIL import Image
 
 from rcr_deploy.errors import DataError
 from rcr_deploy.postprocess import compose, encode_png
+from rcr_deploy.preprocess import load_image
 
 #: Header naming a video stream: the replica keeps that stream's previous mask as the next prior.
 SESSION_HEADER = "X-Session-Id"
@@ -76,8 +77,6 @@ def choose_output(query: str | None, accept: str | None) -> str:
 def decode_image(body: bytes, content_type: str | None, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
     """A request body -> HxWx3 uint8 RGB, or a `RequestError` (wrong type, empty, too large, not
     an image, truncated). The image's size is read from its header before anything is decoded."""
-    from rcr_deploy.preprocess import load_image
-
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind and not (kind.startswith("image/") or kind in RAW_TYPES):
         raise RequestError(415, f"Content-Type {kind} is not an image; send the image bytes as image/* or application/octet-stream")

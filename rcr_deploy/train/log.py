@@ -32,8 +32,13 @@ def run_entry(history: list[dict[str, Any]], samples_per_epoch: int, **fields: A
         for h in history
         if "val_fg_miou" in h
     ]
+    by_data: dict[str, list[list[float]]] = {}
+    for h in history:
+        for name, scores in h.get("val_by_data", {}).items():
+            by_data.setdefault(name, []).append([h["epoch"], h["epoch"] * samples_per_epoch, round(100 * scores["val_fg_miou"], 2)])
     epochs = history[-1]["epoch"] if history else 0
-    return {**fields, "epochs": epochs, "samples": epochs * samples_per_epoch, "curve": curve}
+    extra = {"curve_by_data": by_data} if by_data else {}
+    return {**fields, "epochs": epochs, "samples": epochs * samples_per_epoch, "curve": curve, **extra}
 
 
 def append(path: str | os.PathLike, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,23 +58,34 @@ def _save(fig: Any, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _curves(entry: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """A log entry's validation curves by dataset; runs before several datasets were EG1800's."""
+    return entry.get("curve_by_data") or {"eg1800": entry["curve"]}
+
+
 def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Validation foreground mIoU against samples seen, one line per run, beside the paper."""
+    """Validation foreground mIoU against samples seen, one panel per dataset and one line per
+    run, beside the paper (on EG1800)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    for entry in log:
-        xs = [(entry.get("start_samples", 0) + c[1]) / 1e6 for c in entry["curve"]]
-        ax.plot(xs, [c[2] for c in entry["curve"]], "o-", ms=3, label=f"{entry['name']} ({entry['hardware']})")
-    ax.plot([PAPER_SAMPLES / 1e6], [PAPER_FG_MIOU], "k*", ms=12, label=f"paper: {PAPER_FG_MIOU} after 2.4 M samples")
-    ax.axhline(GOAL_FG_MIOU, color="grey", ls=":", lw=1, label=f"goal ({GOAL_FG_MIOU})")
-    ax.set(xlabel="samples seen since initialisation (millions)", ylabel="val mean per-image fg IoU (%)", title="RCRNet on EG1800: training log")
-    ax.set_xscale("log")  # runs differ by orders of magnitude in samples
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    names = list(dict.fromkeys(name for entry in log for name in _curves(entry)))
+    fig, axes = plt.subplots(1, len(names), figsize=(8 if len(names) == 1 else 6.5 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for entry in log:
+            curve = _curves(entry).get(name)
+            if curve:
+                xs = [(entry.get("start_samples", 0) + c[1]) / 1e6 for c in curve]
+                ax.plot(xs, [c[2] for c in curve], "o-", ms=3, label=f"{entry['name']} ({entry['hardware']})")
+        if name == "eg1800":
+            ax.plot([PAPER_SAMPLES / 1e6], [PAPER_FG_MIOU], "k*", ms=12, label=f"paper: {PAPER_FG_MIOU} after 2.4 M samples")
+            ax.axhline(GOAL_FG_MIOU, color="grey", ls=":", lw=1, label=f"goal ({GOAL_FG_MIOU})")
+        ax.set(xlabel="samples seen since initialisation (millions)", ylabel="val mean per-image fg IoU (%)", title=f"RCRNet on {name}: training log")
+        ax.set_xscale("log")  # runs differ by orders of magnitude in samples
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from rcr_deploy.checkpoint import load_checkpoint, save_checkpoint
 from rcr_deploy.data.dataset import PortraitDataset
-from rcr_deploy.data.folder import VAL_EVERY, list_pairs
+from rcr_deploy.data.folder import VAL_EVERY, Source, list_pairs, sources
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
@@ -61,7 +61,8 @@ class TrainError(RcrError):
 class TrainConfig:
     """Everything that defines a run; saved as JSON beside its checkpoints and inside them."""
 
-    data: str = ""
+    data: list[str] = dataclasses.field(default_factory=list)
+    data_weights: list[float] = dataclasses.field(default_factory=list)
     out: str = "runs/rcrnet"
     arch: str = DEFAULT_ARCH
     train_split: str = "train"
@@ -93,6 +94,10 @@ class TrainConfig:
     val_every: int = 1
     val_limit: int = 0
     max_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):  # one folder, as configs before 0.3 name it
+            self.data = [str(self.data)] if str(self.data) else []
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -227,10 +232,16 @@ class Trainer:
             raise TrainError(f"--out {self.out}: is a file, not a folder; pass a folder for the run's checkpoints")
 
         torch.manual_seed(cfg.seed)
-        self.train_pairs = list_pairs(cfg.data, cfg.train_split)
+        self.sources = sources(cfg.data, cfg.data_weights or None)
+        for split in (cfg.train_split, cfg.val_split):
+            if len(self.sources) > 1 and split and Path(split).is_file():
+                raise TrainError(f"--train-split/--val-split {split}: a file of ids needs a single --data; several datasets use train/val")
+        groups = [list_pairs(src.root, cfg.train_split) for src in self.sources]
+        self.train_pairs = [p for g in groups for p in g]
         self.val_split = cfg.val_split or None
         if self.val_split:
-            list_pairs(cfg.data, self.val_split)  # fail now, not after the first epoch
+            for src in self.sources:
+                list_pairs(src.root, self.val_split)  # fail now, not after the first epoch
         self.steps_per_epoch = steps_per_epoch(len(self.train_pairs), cfg.batch, self.world)
         self.autocast = _autocast_dtype(cfg, self.device)
         self.channels_last = self.cuda if cfg.channels_last is None else cfg.channels_last
@@ -251,7 +262,10 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         # Decode only after every cheap check has passed.
-        self.dataset = PortraitDataset(self.train_pairs, cfg.size, seed=cfg.seed, cache=cfg.cache, anywhere=cfg.anywhere)
+        self.dataset = PortraitDataset(
+            self.train_pairs, cfg.size, seed=cfg.seed, cache=cfg.cache, anywhere=cfg.anywhere,
+            groups=[len(g) for g in groups], weights=[float(w) for w in cfg.data_weights] or None,
+        )  # fmt: skip
         self.weights = LossWeights(cfg.alpha, cfg.beta, cfg.temperature)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -308,7 +322,7 @@ class Trainer:
         """What a checkpoint records about how it was made."""
         return {
             "arch": self.cfg.arch,
-            "data": self.cfg.data,
+            "data": {s.name: s.root for s in self.sources},
             "split_rule": SPLIT_RULE,
             "epochs_done": self.epoch,
             "global_step": self.global_step,
@@ -382,24 +396,36 @@ class Trainer:
             ) from e
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def validate(self) -> dict[str, float]:
-        """Both mIoU conventions on the validation split (train form in eval mode); with
-        `anywhere`, also on its reframed version (`eval --reframe`), which those augmentations target."""
+    def _validate_one(self, runner: Any, source: Source) -> dict[str, float]:
         from rcr_deploy.evaluate import evaluate
+
+        scores: dict[str, float] = {}
+        for suffix, reframe in [("", False)] + ([("_reframed", True)] if self.cfg.anywhere else []):
+            report = evaluate(
+                runner, source.root, self.cfg.size, self.cfg.val_limit or None, self.val_split,
+                progress=self.progress, reframe=reframe,
+            )  # fmt: skip
+            scores |= {f"val_fg_miou{suffix}": report.fg_miou, f"val_class_miou{suffix}": report.class_miou}
+        return {**scores, "val_images": report.n_images}
+
+    def validate(self) -> dict[str, Any]:
+        """Both mIoU conventions on each dataset's validation split (train form in eval mode); with
+        `anywhere`, also on its reframed version (`eval --reframe`), which those augmentations
+        target. With several datasets, `val_by_data` holds each one's scores, and the top-level
+        scores (which pick best.pt) are their plain mean: each dataset counts the same, whatever
+        its size."""
         from rcr_deploy.runtime.torch_runner import TorchRunner
 
         runner = TorchRunner(self.model, f"{self.cfg.arch}@epoch{self.epoch}", device=str(self.device))
-        scores: dict[str, float] = {}
         try:
-            for suffix, reframe in [("", False)] + ([("_reframed", True)] if self.cfg.anywhere else []):
-                report = evaluate(
-                    runner, self.cfg.data, self.cfg.size, self.cfg.val_limit or None, self.val_split,
-                    progress=self.progress, reframe=reframe,
-                )  # fmt: skip
-                scores |= {f"val_fg_miou{suffix}": report.fg_miou, f"val_class_miou{suffix}": report.class_miou}
+            each = {src.name: self._validate_one(runner, src) for src in self.sources}
         finally:
             self.model.train()
-        return {**scores, "val_images": report.n_images}
+        if len(each) == 1:
+            return next(iter(each.values()))
+        keys = next(iter(each.values())).keys()
+        return {**{k: sum(s[k] for s in each.values()) / len(each) for k in keys if k != "val_images"},
+                "val_images": sum(s["val_images"] for s in each.values()), "val_by_data": each}  # fmt: skip
 
     def _plan(self, session_start: float, steady: tuple[float, int] | None) -> tuple[float, int] | None:
         """Fit the cosine schedule to the time limit once the pace is known; returns the (time,

@@ -13,6 +13,7 @@ def test_help_lists_commands():
     assert "verify-reparam" in out.stdout and "models" in out.stdout
 
 
+@pytest.mark.slow  # MACs of every variant, in a fresh interpreter
 def test_models_json_reports_every_variant():
     out = cli_process("models", "--json")
     assert out.returncode == 0, out.stderr

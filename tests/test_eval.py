@@ -49,6 +49,7 @@ def test_foreground_prob_is_softmax_of_class_1():
     assert foreground_prob(logits)[0, 0, 0] == pytest.approx(0.75)
 
 
+@pytest.mark.slow  # a real eval in a fresh interpreter, worst pictures drawn
 def test_cli_eval_per_image_csv_and_worst_pictures(tmp_path):
     root = write_dataset(tmp_path / "d", n=4)
     ckpt = tmp_path / "m.pt"

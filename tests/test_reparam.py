@@ -32,6 +32,7 @@ def test_deploy_form_has_no_bn_no_branches_no_training_heads():
     assert model.edge_head is not None
 
 
+@pytest.mark.slow  # every block and the whole model, float32 and float64
 def test_correct_fusion_passes_in_both_precisions():
     results = _verify(_random_model())
     assert results and all(results)
@@ -69,6 +70,7 @@ def _pad_off_centre(kernel):
     ],
     ids=["identity-dropped", "bn-eps-ignored", "running-stats-ignored", "1x1-off-centre"],
 )
+@pytest.mark.slow
 def test_planted_fusion_bug_is_rejected(monkeypatch, target, bug):
     if target.startswith("RCRBlock2."):
         monkeypatch.setattr(RCRBlock2, "get_kernel_bias", bug)

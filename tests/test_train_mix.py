@@ -12,7 +12,7 @@ from rcr_deploy.data.dataset import PortraitDataset
 from rcr_deploy.data.folder import list_pairs, sources
 from rcr_deploy.errors import DataError
 from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError
-from test_data import write_dataset
+from support import write_dataset
 
 
 @pytest.fixture(scope="module")

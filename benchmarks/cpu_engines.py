@@ -57,8 +57,12 @@ ENGINES = {
     "ov-int8": "OpenVINO INT8 IR: the FP32 IR quantised by NNCF (shipped)",
     "ov-int8-qdq": "OpenVINO reading the INT8 Q/DQ ONNX directly (same calibration images)",
     "ov-default": "OpenVINO FP32 IR, the plugin's default hints",
+    "litert-fp32": "LiteRT (XNNPACK), FP32 .tflite after the exact phone rewrite, NHWC",
+    "litert-int8": "LiteRT (XNNPACK), full-integer INT8 .tflite",
     "mediapipe": mediapipe.DESCRIPTION,
 }
+#: RCRNet's own .tflite files: timed in the same LiteRT interpreter and rounds as MediaPipe's.
+LITERT = ("litert-fp32", "litert-int8")
 REFERENCE = "ort-fp32"
 #: Real images for the agreement columns (the mIoU uses the whole validation split).
 AGREEMENT_IMAGES = 16
@@ -78,6 +82,11 @@ def load_engines(folder: Path, threads: int) -> dict[str, Runner]:
         "ov-int8-qdq": OpenVINORunner(int8, threads=threads),
         "ov-default": OpenVINORunner(format_path(fp32, "openvino"), hint=None, precision=None),
     }
+    for name, onnx in zip(LITERT, (fp32, int8)):
+        if format_path(onnx, "tflite").is_file():
+            from rcr_deploy.runtime.tflite_runner import TFLiteRunner
+
+            runners[name] = TFLiteRunner(format_path(onnx, "tflite"), threads=threads)
     return runners
 
 
@@ -96,7 +105,7 @@ def measure_size(
     """Export at `size`, then time, score and compare every engine on it (and time `peer`'s model,
     {"model": SelfieSegmenter, "fg_miou": ..., "n_images": ...}, in the same batch-1 rounds)."""
     folder = tmp / str(size)
-    export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats="onnx,openvino", progress=False)
+    export(args.ckpt, folder, ("fp32", "int8"), calib=args.calib_dir, size=size, calib_count=len(calib), formats=_formats(), progress=False)
     runners = load_engines(folder, args.threads)
     x = np.random.default_rng(0).standard_normal((1, 4, size, size), dtype=np.float32)
     xb = np.repeat(x, BATCH, axis=0)
@@ -128,6 +137,13 @@ def measure_size(
     if outputs:  # the same INT8 file on two runtimes
         result["int8_ort_vs_openvino"] = agreement(outputs["ov-int8-qdq"], outputs["ort-int8"])
     return result
+
+
+def _formats() -> str:
+    """OpenVINO always; the .tflite files too where the tflite extra is installed (the phone race)."""
+    from rcr_deploy.formats import FORMATS, installed
+
+    return "onnx,openvino" + (",tflite" if installed(FORMATS["tflite"]) else "")
 
 
 def _latency(stats: Any) -> dict[str, float]:
@@ -163,8 +179,8 @@ def headline(report: dict[str, Any]) -> list[str]:
         "## Headline",
         "",
         f"| size | fastest RCRNet engine | p50 ms | mIoU | × floor | MediaPipe p50 ms (mIoU {_peer_miou(report)}) | RCRNet / MediaPipe p50 "
-        f"| best INT8 vs best FP32, batch 1 | batch {BATCH} |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| RCRNet LiteRT FP32 / INT8 vs MediaPipe, same interpreter | best INT8 vs best FP32, batch 1 | batch {BATCH} |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in report["sizes"]:
         rows = s["rows"]
@@ -176,8 +192,10 @@ def headline(report: dict[str, Any]) -> list[str]:
         floor_ms = 2 * s["macs"] / (report["peak_gflops"] * 1e9) * 1e3
         ms, miou, peer = rows[best]["p50_ms"], rows[best].get("fg_miou"), rows.get("mediapipe")
         vs_peer = f"{peer['p50_ms']:.2f} | {ms / peer['p50_ms']:.2f}" if peer else "– | –"
+        litert = [n for n in LITERT if n in rows]
+        same = " / ".join(f"{rows[n]['p50_ms'] / peer['p50_ms']:.2f}" for n in litert) if peer and litert else "–"
         lines.append(
-            f"| {s['size']} | {best} | {ms:.2f} | {'–' if miou is None else format(miou, '.2f')} | {ms / floor_ms:.1f} | {vs_peer} "
+            f"| {s['size']} | {best} | {ms:.2f} | {'–' if miou is None else format(miou, '.2f')} | {ms / floor_ms:.1f} | {vs_peer} | {same} "
             f"| {rows[f1]['p50_ms'] / rows[i1]['p50_ms']:.2f} ({i1} vs {f1}) "
             f"| {rows[f8][f'batch{BATCH}']['p50_ms'] / rows[i8][f'batch{BATCH}']['p50_ms']:.2f} ({i8} vs {f8}) |"
         )
@@ -185,7 +203,8 @@ def headline(report: dict[str, Any]) -> list[str]:
         "",
         f"RCRNet / MediaPipe below 1 means RCRNet is faster. INT8 engines count for the fastest only where they keep mIoU "
         f"within {INT8_MIOU_LOSS} points of {REFERENCE}. MediaPipe runs at its fixed 256x256 whatever the row's size; its time "
-        "differs between rows only by the run's noise.",
+        "differs between rows only by the run's noise. The LiteRT column is the fairest race: RCRNet's own .tflite files "
+        "(`export --format tflite`) and MediaPipe's .tflite in the same LiteRT interpreter (XNNPACK), threads and rounds.",
         "",
     ]
     return lines

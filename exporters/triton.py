@@ -29,8 +29,9 @@ from rcr_deploy.artifact import ARTIFACT_NAMES, format_path, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.formats import FORMATS, Triton
+from rcr_deploy.serve.protocol import V2_MODEL_NAME
 
-MODEL_NAME = "rcrnet"
+MODEL_NAME = V2_MODEL_NAME  # the name `rcr-deploy serve` gives the model in the same protocol
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 #: How long Triton holds a request to fill a batch (the same default as `rcr-deploy serve`).
 QUEUE_DELAY_US = 5000

@@ -355,8 +355,11 @@ def serve(
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches; more get HTTP 503 with Retry-After at once."),
     request_timeout_s: float = typer.Option(serve_limits.REQUEST_TIMEOUT_S, min=0.1, help="A request not answered within this many seconds gets HTTP 408."),
+    v2_name: str = typer.Option(serve_limits.V2_MODEL_NAME, help="The model's name in the Open Inference Protocol (/v2/models/NAME)."),
+    cors_origin: Optional[list[str]] = typer.Option(None, help="A browser origin allowed to call the server (CORS), e.g. https://app.example.com; repeat for more, '*' for any."),
+    max_sessions: int = typer.Option(serve_limits.MAX_SESSIONS, min=1, help="Video sessions each replica keeps; past that the least recently seen is forgotten."),
 ) -> None:
-    """Serve the model over HTTP with Ray Serve: POST /segment, GET /healthz, GET /v1/model."""
+    """Serve the model over HTTP with Ray Serve: POST /segment, the Open Inference Protocol (/v2), GET /healthz, /readyz, /v1/model."""
     import time
 
     from rcr_deploy.errors import BackendUnavailable
@@ -374,9 +377,10 @@ def serve(
         url = serve_app.start(
             model, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms, host=host, port=port,
             threads=threads, session_idle_s=session_idle_s, max_megapixels=max_megapixels, backend=backend,
-            max_queued=max_queued, request_timeout_s=request_timeout_s,
+            max_queued=max_queued, request_timeout_s=request_timeout_s, v2_name=v2_name, cors_origins=cors_origin,
+            max_sessions=max_sessions,
         )
-        console.print(f"[green]serving[/] at {url}  (POST {url}/segment, GET {url}/healthz, GET {url}/v1/model); Ctrl-C stops")
+        console.print(f"[green]serving[/] at {url}  (POST {url}/segment, {url}/v2/models/{v2_name}/infer, {url}/docs); Ctrl-C stops")
         _interrupt_on_term()  # after Ray's start, which sets its own handlers: SIGTERM shuts down as Ctrl-C does
         while True:
             time.sleep(3600)

@@ -153,6 +153,20 @@ FORMATS: dict[str, Format] = {
             folder="web",
             usage="serve it with 'python {path}/serve.py', then open the URL it prints",
         ),
+        Format(
+            name="tflite",
+            title="TFLite / LiteRT model",
+            suffixes=(".tflite",),
+            precisions=PRECISIONS,
+            backend="litert",
+            devices=("cpu",),  # LiteRT's XNNPACK CPU kernels here; GPU and NPU delegates live on phones
+            exporter="rcr_deploy.exporters.tflite:export_format",
+            runner="rcr_deploy.runtime.tflite_runner:open_runner",
+            extra="tflite",
+            probe="litert_torch",
+            manifest="tflite",
+            usage="load it on Android or iOS with LiteRT: NHWC input, the prior as its last channel; see docs/targets/tflite.md",
+        ),
     )
 }
 

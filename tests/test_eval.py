@@ -98,17 +98,17 @@ def test_cli_eval_several_datasets_in_one_table(tmp_path):
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
     args = ["eval", str(ckpt), "--data", str(a), "--data", str(b), "--size", "64", "--no-peer"]
-    proc = run_cli(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
+    proc = cli_process(*args, "--per-image", str(tmp_path / "s.csv"), "--worst", "1", str(tmp_path / "worst"), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["rows"]
     assert [(r["name"], r["n_images"]) for r in rows] == [("selfies", 3), ("bodies", 2)]
     per_image = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [(r["data"], r["stem"]) for r in per_image] == [("selfies", "00000"), ("selfies", "00001"), ("selfies", "00002"), ("bodies", "00000"), ("bodies", "00001")]
     for row in rows:  # each row is that dataset alone, scored as a one-dataset eval scores it
-        alone = json.loads(run_cli("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").stdout)
+        alone = json.loads(cli_process("eval", str(ckpt), "--data", str(tmp_path / row["name"]), "--size", "64", "--no-peer", "--json").stdout)
         assert alone["fg_miou"] == pytest.approx(row["fg_miou"]) and alone["rows"][0]["fg_miou"] == alone["fg_miou"]
         assert (tmp_path / "worst" / row["name"] / "worst.png").is_file()
-    text = run_cli(*args)
+    text = cli_process(*args)
     assert text.returncode == 0 and "selfies" in text.stdout and "bodies" in text.stdout
-    proc = run_cli("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
+    proc = cli_process("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
     assert proc.returncode == 2 and "single --data" in proc.stderr

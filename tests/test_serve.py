@@ -8,6 +8,7 @@ restarts the replica.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -47,8 +48,14 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 #: A generated 320x240 portrait, PNG-encoded: what a client uploads.
 SAMPLE = png_bytes(synthetic.sample_portrait(320, 240, seed=7)[0])
 START_S = 120  # Ray and the replica on a loaded 2-core machine
-MAX_QUEUED = 4  # small, so that the shedding test needs few clients
+#: Small, so that the shedding test needs few clients; not smaller: requests that wait for the
+#: router to pick a replica count as queued too, so 8 clients at once could overflow 4.
+MAX_QUEUED = 16
 RECOVER_S = 60  # a killed replica answers again within this (health checks every 2 s + model load)
+
+
+#: url -> the server's process, for the test that stops it
+PROCS: dict[str, subprocess.Popen] = {}
 
 
 def _free_port() -> int:
@@ -76,8 +83,10 @@ def server():
     assert lines[0].startswith("starting Ray Serve")
     url = f"http://127.0.0.1:{port}"
     assert url in lines[-1]
+    PROCS[url] = proc
     yield url
-    proc.send_signal(signal.SIGINT)
+    if proc.poll() is None:  # the SIGTERM test, which runs last, did not stop it
+        proc.send_signal(signal.SIGINT)
     try:
         rc = proc.wait(timeout=60)
     finally:
@@ -143,7 +152,7 @@ def test_concurrent_requests_are_batched(server):
     body = SAMPLE
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: post(f"{server}/segment", body), range(8)))
-    assert all(r[0] == 200 for r in results)
+    assert all(r[0] == 200 for r in results), [r[0] for r in results]
     assert len({r[2] for r in results}) == 1  # a batched mask is the same mask
     sizes = [int(r[1][BATCH_HEADER]) for r in results]
     assert max(sizes) > 1, sizes
@@ -176,15 +185,15 @@ def test_batches_past_eight_are_padded_to_few_compiled_sizes():
 
 
 def test_excess_load_is_shed_with_503_and_retry_after(server):
-    """The replica holds two batches of 8 and the proxy queues MAX_QUEUED more: 48 clients at
+    """The replica holds two batches of 8 and the proxy queues MAX_QUEUED more: 64 clients at
     once overflow that, and the overflow is answered at once with 503, not left waiting."""
     def timed(_):
         t = time.monotonic()
         status, headers, _body = post(f"{server}/segment", SAMPLE)
         return status, headers.get("Retry-After"), time.monotonic() - t
 
-    with ThreadPoolExecutor(48) as pool:
-        results = list(pool.map(timed, range(48)))
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(timed, range(64)))
     shed = [r for r in results if r[0] == 503]
     assert {r[0] for r in results} <= {200, 503}, results
     assert shed and sum(r[0] == 200 for r in results) >= 2 * 8, [r[0] for r in results]
@@ -211,6 +220,28 @@ def test_bad_request_gets_4xx_one_line_and_server_stays_up(server, case):
     assert text.count("\n") == 1 and "Traceback" not in text
     assert json.loads(text)["error"]
     assert post(f"{server}/segment", SAMPLE)[0] == 200
+
+
+def test_prometheus_metrics_count_requests_batches_and_refusals(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        with urllib.request.urlopen(f"{server}/metrics", timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/plain")
+            text = r.read().decode()
+        return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "replica"))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = scrape()
+    assert post(f"{server}/segment", SAMPLE)[0] == 200
+    assert post(f"{server}/segment", b"not an image")[0] == 400
+    after = scrape()
+    ok = ("rcr_serve_requests_total", (("endpoint", "segment"), ("status", "200")))
+    refused = ("rcr_serve_requests_total", (("endpoint", "segment"), ("status", "400")))
+    assert after[ok] == before.get(ok, 0) + 1 and after[refused] == before.get(refused, 0) + 1
+    assert after[("rcr_serve_batch_size_count", ())] >= before.get(("rcr_serve_batch_size_count", ()), 0) + 1
+    assert after[("rcr_serve_request_seconds_count", (("endpoint", "segment"),))] >= 2
+    assert after[("rcr_serve_requests_in_flight", ())] == 0
 
 
 def test_image_past_the_size_limit_is_refused_before_decoding(server):
@@ -295,14 +326,119 @@ def test_ray_that_fails_to_import_is_one_line(tmp_path):
 
 
 def test_sessions_are_forgotten_after_idle_timeout():
-    service = SegmentService(None, session_idle_s=0.2)
+    service = SegmentService(None, session_idle_s=0.2, max_sessions=2)
     rgb = synthetic.sample_portrait(320, 240, seed=7)[0]
+    service.segment([Item(rgb, "x"), Item(rgb, "y")])
     service.segment([Item(rgb, "a")])
+    assert list(service.sessions) == ["y", "a"]  # capped: the least recently seen ("x") is dropped
     assert "a" in service.sessions and service._prior(Item(rgb, "a")) is not None
     assert service._prior(Item(rgb[:100], "a")) is None  # another frame size: a new stream
     time.sleep(0.3)
     service.segment([Item(rgb, None)])
     assert "a" not in service.sessions
+
+
+@pytest.fixture(scope="module")
+def onnx_reference(tmp_path_factory):
+    """The built-in model's deploy form exported to ONNX and run on ONNX Runtime: what the served
+    v2 model (OpenVINO, FP32) is compared with."""
+    from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
+    from rcr_deploy.exporters.onnx import export_onnx
+    from rcr_deploy.reparam import reparameterize
+    from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    ckpt = load_checkpoint(default_checkpoint())
+    deploy = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
+    path = export_onnx(deploy, tmp_path_factory.mktemp("onnx") / "rcrnet.onnx", simplify_graph=False)
+    with OnnxRuntimeRunner(path) as runner:
+        yield runner
+
+
+def test_open_inference_protocol_with_tritonclient_equals_onnxruntime(server, onnx_reference):
+    """Triton's own HTTP client against the live server: health, metadata, and infer with JSON
+    tensors and with the binary-data extension, equal to ONNX Runtime on the same input."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from rcr_deploy.preprocess import preprocess
+
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("rcrnet")
+    meta = client.get_model_metadata("rcrnet")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4, 224, 224]}]
+    frames = [synthetic.sample_portrait(320, 240, seed=s)[0] for s in range(3)]
+    x = np.concatenate([preprocess(rgb, size=224)[0] for rgb in frames])
+    expected = onnx_reference.infer(x)
+    assert meta["outputs"][0]["shape"][1:] == list(expected.shape[1:])
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        got = client.infer("rcrnet", [inp], outputs=[out]).as_numpy("logits")
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 1e-3, (binary, np.abs(got - expected).max())
+    assert np.abs(expected).max() > 1.0  # real logits, not zeros
+    with pytest.raises(InferenceServerException, match="no model"):
+        client.get_model_metadata("nope")
+    bad = httpclient.InferInput("input", [1, 3, 224, 224], "FP32")
+    bad.set_data_from_numpy(x[:1, :3].copy())
+    with pytest.raises(InferenceServerException, match=r"\[N, 4, 224, 224\]"):
+        client.infer("rcrnet", [bad])
+    assert get(f"{server}/v1/stats")["compiles"]["since"] == 0
+
+
+def test_readiness_openapi_and_one_line_http_errors(server):
+    assert get(f"{server}/readyz")["status"] == "ready"
+    spec = get(f"{server}/openapi.json")
+    assert {"/segment", "/readyz", "/v2/models/{name}/infer"} <= set(spec["paths"])
+    status, _, reply = post(f"{server}/nope", b"x")
+    assert status == 404 and json.loads(reply)["error"].startswith("POST /nope")
+
+
+def test_chunked_upload_past_the_limit_is_refused_while_streaming(server):
+    """512 MiB sent chunked (no Content-Length): refused with 413 as soon as it passes 32 MiB,
+    and the replica's memory stays within 64 MiB of where it was. A 48 MiB refusal first warms
+    the refusal's own code path, so what is measured is what the body's size adds."""
+    pid = get(f"{server}/v1/stats")["pid"]
+    assert _chunked_upload(server, 48)[0] in (413, None)
+    before = _rss_mib(pid)
+    status, reply, sent = _chunked_upload(server, 512)
+    if status is not None:  # else the server closed the connection before the client read its answer
+        assert status == 413 and "limit" in json.loads(reply)["error"], (status, reply)
+    after = _rss_mib(pid)
+    assert after - before < 64, f"replica grew {after - before:.0f} MiB (sent {sent} MiB)"
+    print(f"chunked upload of {sent} MiB refused with {status}: the replica's RSS went from {before:.0f} to {after:.0f} MiB")
+    assert post(f"{server}/segment", SAMPLE)[0] == 200
+
+
+def _chunked_upload(server: str, mib: int) -> tuple[int | None, bytes, int]:
+    """POST `mib` MiB of zeros chunked; (status or None, body, MiB sent before the server closed)."""
+    conn = http.client.HTTPConnection(server.removeprefix("http://"), timeout=120)
+    conn.putrequest("POST", "/segment")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk = b"\0" * 2**20
+    sent = 0
+    try:
+        for _ in range(mib):
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += 1
+        conn.send(b"0\r\n\r\n")
+    except OSError:  # the server answered and closed the connection: the rest was not read
+        pass
+    try:
+        response = conn.getresponse()
+        status, reply = response.status, response.read()
+    except OSError:
+        status, reply = None, b""
+    conn.close()
+    return status, reply, sent
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def test_killed_replica_under_load_is_restarted(server):
@@ -351,3 +487,39 @@ def get_pid(server: str) -> int | None:
         return get(f"{server}/v1/stats")["pid"]
     except OSError:
         return None
+
+
+def test_sigterm_under_load_finishes_in_flight_requests(server):
+    """Runs last and stops the module's server: SIGTERM while 8 clients send. Every request in
+    flight at that moment is answered (the application is deleted first, so its replica drains
+    while the proxy still runs); later ones are refused, and the process exits 0."""
+    proc = PROCS[server]
+    outcomes: list[tuple[float, float, object]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                status = post(f"{server}/segment", SAMPLE)[0]
+            except (OSError, http.client.HTTPException) as e:  # refused, reset or cut short once the proxy is gone
+                status = type(e).__name__
+            outcomes.append((t, time.monotonic(), status))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    term = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=90)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    in_flight = [status for start, end, status in outcomes if start < term <= end]
+    assert len(in_flight) >= 4, outcomes[-10:]
+    assert all(status == 200 for status in in_flight), in_flight
+    assert rc == 0
+    print(f"SIGTERM under load: {len(in_flight)} requests in flight, all answered 200; exit after {time.monotonic() - term:.1f} s")

@@ -9,6 +9,7 @@ one session id, so the server feeds each frame the previous frame's mask.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +25,9 @@ from rcr_deploy.preprocess import Letterbox
 from rcr_deploy.serve.protocol import SESSION_HEADER
 
 TIMEOUT_S = 60.0
+#: How often a shed request (503, the server's queue full) is sent again, and the longest wait.
+RETRIES = 5
+MAX_RETRY_WAIT_S = 10.0
 
 
 #: The most bytes read from one answer (a mask PNG of a 64-megapixel frame is far less).
@@ -31,22 +35,32 @@ MAX_REPLY = 256 << 20
 NOT_OURS = "is --server an rcr-deploy server?"
 
 
-def request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = None) -> bytes:
+def request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float | None = None, retries: int = RETRIES,
+) -> bytes:
     """One HTTP call, bounded by `timeout` (default `TIMEOUT_S`) and `MAX_REPLY`; the server's
-    one-line error, an unreachable or silent server, or an oversized answer becomes an RcrError."""
+    one-line error, an unreachable or silent server, or an oversized answer becomes an RcrError.
+    A request the server shed (503) is sent again after its `Retry-After`, up to `retries` times."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout or TIMEOUT_S) as r:
-            body = r.read(MAX_REPLY + 1)
-    except urllib.error.HTTPError as e:
+    for attempt in range(retries + 1):
         try:
-            reason = json.loads(e.read(1 << 16))["error"]
-        except (ValueError, KeyError, TypeError, OSError):
-            reason = e.reason
-        raise RcrError(f"{url}: the server refused the request (HTTP {e.code}: {_clean(reason)})") from e
-    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client's answer to a malformed reply
-        reason = getattr(e, "reason", e)
-        raise RcrError(f"{url}: cannot reach the server ({_clean(reason)}); start it with 'rcr-deploy serve' or check --server") from e
+            with urllib.request.urlopen(req, timeout=timeout or TIMEOUT_S) as r:
+                body = r.read(MAX_REPLY + 1)
+            break
+        except urllib.error.HTTPError as e:
+            error = e.read(1 << 16)
+            if e.code == 503 and attempt < retries:
+                wait = e.headers.get("Retry-After", "")
+                time.sleep(min(float(wait), MAX_RETRY_WAIT_S) if wait.isdigit() else 1.0)
+                continue
+            try:
+                reason = json.loads(error)["error"]
+            except (ValueError, KeyError, TypeError):
+                reason = e.reason
+            raise RcrError(f"{url}: the server refused the request (HTTP {e.code}: {_clean(reason)})") from e
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client's answer to a malformed reply
+            reason = getattr(e, "reason", e)
+            raise RcrError(f"{url}: cannot reach the server ({_clean(reason)}); start it with 'rcr-deploy serve' or check --server") from e
     if len(body) > MAX_REPLY:
         raise RcrError(f"{url}: the server's answer is over {MAX_REPLY >> 20} MiB; {NOT_OURS}")
     return body

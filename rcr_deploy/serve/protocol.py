@@ -40,6 +40,11 @@ MAX_QUEUED = 64
 REQUEST_TIMEOUT_S = 30.0
 #: What a shed request's `Retry-After` header says, in seconds.
 RETRY_AFTER_S = 1.0
+#: The model's name in the Open Inference Protocol unless `serve --v2-name` says otherwise
+#: (the Triton repository that `export --triton` writes uses it too).
+V2_MODEL_NAME = "rcrnet"
+#: Video sessions one replica keeps at most; past that the least recently seen is forgotten.
+MAX_SESSIONS = 256
 #: A video session's previous mask is dropped after this many seconds without a frame.
 SESSION_IDLE_S = 60.0
 

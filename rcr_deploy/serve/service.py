@@ -17,7 +17,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from rcr_deploy.infer import Segmenter
 from rcr_deploy.postprocess import hard_mask
 from rcr_deploy.preprocess import input_spec
 from rcr_deploy.runtime import Runner, load_runner
-from rcr_deploy.serve.protocol import SESSION_IDLE_S
+from rcr_deploy.serve.protocol import MAX_SESSIONS, SESSION_IDLE_S
 
 #: Batch sizes up to this get their own compiled copy; larger ones are padded (`batch_buckets`).
 EXACT_BATCH = 8
@@ -69,7 +69,7 @@ class SegmentService:
 
     def __init__(
         self, model: str | os.PathLike | None, session_idle_s: float = SESSION_IDLE_S, backend: str = "auto",
-        threads: int | None = None, max_batch: int = 1,
+        threads: int | None = None, max_batch: int = 1, max_sessions: int = MAX_SESSIONS,
     ) -> None:
         """Loads the model and compiles it for every batch of 1..max_batch frames (the replica's
         start-up, before it takes traffic)."""
@@ -82,8 +82,10 @@ class SegmentService:
         self.warm_compiles = self.runner.compiles
         self.manifest = model_manifest(self.runner, self.segmenter)
         self.session_idle_s = session_idle_s
-        #: session id -> (previous mask at frame size, time of its last frame)
-        self.sessions: dict[str, tuple[np.ndarray, float]] = {}
+        #: session id -> (previous mask at frame size, time of its last frame), least recent first;
+        #: capped at `max_sessions` (a 1080p prior is 8 MB), the least recent dropped first
+        self.sessions: OrderedDict[str, tuple[np.ndarray, float]] = OrderedDict()
+        self.max_sessions = max_sessions
         #: batch size -> model calls of that size, since the replica started
         self.batch_sizes: Counter[int] = Counter()
         self._lock = threading.Lock()  # the model call runs in a worker thread
@@ -98,16 +100,32 @@ class SegmentService:
                 resized, box = seg.letterbox(item.rgb)
                 boxes.append(box)
                 inputs.append(seg.model_input(resized, box, self._prior(item)))
-            padded = bucket(len(inputs), self.buckets) if len(inputs) <= self.buckets[-1] else len(inputs)
-            inputs += [np.zeros_like(inputs[0])] * (padded - len(inputs))
-            logits = self.runner.infer(np.concatenate(inputs))
+            logits = self._infer(np.concatenate(inputs))
             probs = [seg.probability(logits[i : i + 1], box) for i, box in enumerate(boxes)]
             now = time.monotonic()
             for item, prob in zip(items, probs):
                 if item.session is not None:  # as local infer: the next prior is this frame's hard mask
                     self.sessions[item.session] = (hard_mask(prob), now)
+                    self.sessions.move_to_end(item.session)
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
             self.batch_sizes[len(items)] += 1
             return probs
+
+    def infer_tensor(self, x: np.ndarray) -> np.ndarray:
+        """The model on an NCHW batch as it came (the Open Inference Protocol's infer), in chunks
+        of the largest compiled batch size."""
+        with self._lock:
+            step = self.buckets[-1]
+            return np.concatenate([self._infer(x[i : i + step]) for i in range(0, len(x), step)])
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        """One model call at a compiled batch size: zero rows pad `x` up to its bucket."""
+        n = len(x)
+        padded = bucket(n, self.buckets) if n <= self.buckets[-1] else n
+        if padded > n:
+            x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
+        return self.runner.infer(x)[:n]
 
     def _prior(self, item: Item) -> np.ndarray | None:
         """The stream's previous mask; none (zeros) for a still image, a new stream, or a frame

@@ -31,7 +31,7 @@ from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, resolve
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, require_usable, resolve
 from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.formats import FORMATS, Format, bench_targets, by_suffix, installed, load
 from rcr_deploy.runtime import Runner, onnxruntime_providers
@@ -317,8 +317,9 @@ def _format_target(fmt: Format, precision: str, config: BenchConfig, model_info:
 def _file_target(fmt: Format, path: Path, name: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
     """One file of a format, opened by the format table's runner with the latency hint; its MACs
     are counted on the ONNX artifact it was made from (beside it), its mIoU read from its manifest."""
-    precision = _manifest(path).get("precision", "fp32")
-    miou = manifest_miou(_manifest(path), precision)
+    manifest = require_usable(path, read_manifest(path, missing_ok=True))  # as infer, eval and serve accept it
+    precision = manifest["precision"]
+    miou = manifest_miou(manifest, precision)
     onnx = path.with_suffix(".onnx")
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(

@@ -12,11 +12,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from rcr_deploy.artifact import TIMING_CACHE, engines_writer, manifest_path, read_manifest, resolve, write_manifest
-from rcr_deploy.errors import ExportError, RcrError
+from rcr_deploy.errors import ExportError, ManifestError, RcrError
 from rcr_deploy.fileio import atomic_path, sha256_file
 from rcr_deploy.runtime.tensorrt_runner import TensorRTRunner, gpu_identity, require_tensorrt
 
@@ -97,7 +98,11 @@ def build_engine(
     key = cache_key(sha256_file(onnx_path), identity, options)
     out = engine_path(onnx_path, key, Path(cache_dir) if cache_dir else None)
     if out.is_file() and manifest_path(out).is_file() and not force:
-        return out
+        try:
+            read_manifest(out)  # a cached engine is reused only if its bytes are the ones its sidecar records
+            return out
+        except ManifestError:
+            print(f"note: the cached engine {out} is damaged; building it again", file=sys.stderr)
     shapes = profile_shapes(_input_shape(onnx_path), options)
     timing_path = out.parent / TIMING_CACHE
     # The engines folder of an export folder is its published set's: written under the export's lock.

@@ -11,7 +11,8 @@ An export folder (`rcr-deploy export --out DIR`)::
     DIR/.lock             held (flock) by the one writer
 
 Readers open `DIR/<name>` like any file and always see one whole set: a precision that the
-current set lacks is a dangling link, which `is_file()` reports as absent.
+current set lacks has no link (every link resolves, so `cp -r`, `shutil.copytree` or `tar` of
+the folder is a working export set).
 
 API: `resolve` (a file or an export folder -> the artifact), `read_manifest` (sidecar, else the
 copy embedded in the ONNX; schema-checked; sha256 verified), `write_manifest` (schema-checked,
@@ -27,6 +28,7 @@ import datetime
 import fcntl
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -118,7 +120,82 @@ def check_manifest(manifest: Any, source: str | os.PathLike) -> dict[str, Any]:
     if error is not None:
         where = "/".join(map(str, error.absolute_path)) or "(top level)"
         raise ManifestError(f"{source}: not an rcr-deploy manifest: {where}: {error.message[:200]}; re-export the artifact")
+    wrong = _inconsistent(manifest)
+    if wrong:
+        raise ManifestError(f"{source}: not an rcr-deploy manifest: {wrong}; re-export the artifact")
     return manifest
+
+
+def _inconsistent(manifest: dict[str, Any]) -> str | None:
+    """The first pair of schema-valid fields that contradict each other, or None."""
+    inp, out = manifest["input"], manifest["output"]
+    size, shape = inp["size"], inp["shape"]
+    channels = 3 if inp["prior_channel"] is None else 4
+    if size[0] != size[1]:
+        return f"input/size {size} is not square (the letterbox makes a square)"
+    if shape[1] != channels:
+        return f"input/shape has {shape[1]} channels, but input/prior_channel {inp['prior_channel']} means {channels}"
+    fixed = [d for d in shape[2:] if isinstance(d, int)]
+    if fixed and fixed != size[: len(fixed)]:
+        return f"input/shape {shape} does not match input/size {size}"
+    if isinstance(out["shape"][1], int) and out["shape"][1] != len(out["classes"]):
+        return f"output/shape {out['shape']} has {out['shape'][1]} channels for {len(out['classes'])} output/classes"
+    return None
+
+
+def require_usable(path: str | os.PathLike, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """`manifest` if rcr-deploy can run its artifact as the export did: one exists (without it the
+    input size and normalisation are unknown) and it asks for this version's preprocessing.
+    infer, eval, bench and serve all go through here, so they accept the same artifacts."""
+    from rcr_deploy.preprocess import input_spec
+
+    if manifest is None:
+        raise ManifestError(
+            f"{path}: no manifest (no {manifest_path(path).name} beside it, none embedded), so its input "
+            "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"
+        )
+    spec, expected = manifest["input"], input_spec()
+    for key in ("mean", "std", "pad_value"):
+        if not all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8) for a, b in zip(_listed(spec[key]), _listed(expected[key]))):
+            raise ManifestError(
+                f"{path}: manifest asks for {key} {spec[key]}, but this rcr-deploy normalises with "
+                f"{expected[key]}; re-export the artifact with this version"
+            )
+    return manifest
+
+
+def _listed(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_graph(path: str | os.PathLike, manifest: dict[str, Any] | None, inputs: list[list], outputs: list[list]) -> None:
+    """Refuse a graph that is not an RCRNet artifact, from its own input and output shapes (each a
+    list of int, or str/None for a dynamic axis), before any tensor is allocated for it: one
+    N x 3|4 x H x W input, one N x 2 x H x W output, and fixed sizes that agree with `manifest`."""
+    expect = "rcr-deploy runs RCRNet artifacts (one N x 3|4 x H x W input, one N x 2 x H x W output); pass one made by 'rcr-deploy export'"
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise RcrError(f"{path}: a graph with {len(inputs)} inputs and {len(outputs)} outputs; {expect}")
+    (inp,), (out,) = inputs, outputs
+    if len(inp) != 4 or len(out) != 4 or inp[1] not in (3, 4) or out[1] != 2:
+        raise RcrError(f"{path}: input shape {_shown(inp)} and output shape {_shown(out)}; {expect}")
+    for a, b in zip(inp[2:], out[2:]):
+        if isinstance(a, int) and isinstance(b, int) and a != b:
+            raise RcrError(f"{path}: input shape {_shown(inp)} and output shape {_shown(out)} differ in size; {expect}")
+    if manifest is None:
+        return
+    spec = manifest["input"]
+    if spec["shape"][1] != inp[1]:
+        raise ManifestError(f"{path}: its graph takes {inp[1]} channels, its manifest says {spec['shape'][1]}; re-export it, or put its own .json back beside it")
+    fixed = [d for d in inp[2:] if isinstance(d, int)]
+    if fixed and fixed != spec["size"][: len(fixed)]:
+        raise ManifestError(
+            f"{path}: its graph takes {'x'.join(map(str, fixed))} input, its manifest says input size {spec['size']}; "
+            "re-export it, or put its own .json back beside it"
+        )
+
+
+def _shown(shape: list) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
 
 
 def check_own_manifest(manifest: dict[str, Any], what: str) -> dict[str, Any]:
@@ -171,11 +248,8 @@ def read_manifest(artifact: str | os.PathLike, *, missing_ok: bool = False, veri
             raise ManifestError(f"{sidecar}: cannot read it ({e.strerror}); check its permissions") from e
         manifest = check_manifest(_loads(text, sidecar), sidecar)
         recorded = (manifest.get("artifact") or {}).get("sha256")
-        if verify and recorded and artifact.is_file() and sha256_file(artifact) != recorded:
-            raise ManifestError(
-                f"{sidecar}: records sha256 {recorded[:12]}..., but {artifact.name} differs; the two files come from "
-                "different exports: re-export, or put the artifact's own .json beside it"
-            )
+        if verify and recorded and artifact.is_file():
+            verify_bytes(artifact, recorded, sidecar)
         return manifest
     embedded = _embedded(artifact) if artifact.suffix in (".onnx", ".xml") and artifact.is_file() else None
     if embedded is not None:
@@ -185,6 +259,21 @@ def read_manifest(artifact: str | os.PathLike, *, missing_ok: bool = False, veri
     raise ManifestError(
         f"{artifact}: no manifest (no {sidecar.name} beside it, none embedded); re-export it with 'rcr-deploy export'"
     )
+
+
+def verify_bytes(path: Path, recorded: str, record: str | os.PathLike) -> None:
+    """Refuse `path` (a `ManifestError`, exit 2) unless its sha256 is `recorded`, the hash that
+    the manifest `record` holds for it: a file damaged on disk or in transfer, changed, or from
+    another export is never run."""
+    try:
+        actual = sha256_file(path)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read it ({e.strerror}); check its permissions") from e
+    if actual != recorded:
+        raise ManifestError(
+            f"{path}: its sha256 ({actual[:12]}...) is not the one {Path(record).name} records ({recorded[:12]}...), "
+            "so the file is damaged or from another export; re-export it, or put back the file that export wrote"
+        )
 
 
 def write_manifest(artifact: str | os.PathLike, manifest: dict[str, Any]) -> Path:
@@ -254,10 +343,8 @@ class ExportSet:
         version = self.path.with_name(self.path.name[len(STAGING_PREFIX):])
         os.replace(self.path, version)
         self.path = version
-        # Every artifact name gets its link, even one this set lacks: a loose file of the older,
-        # unversioned layout must not outlive the set it belonged to.
-        known = {n for a in ARTIFACT_NAMES.values() for n in (a, manifest_path(a).name)}
-        for name in sorted(known | {e.name for e in version.iterdir()}):
+        names = {e.name for e in version.iterdir()}
+        for name in sorted(names):
             link = self.out_dir / name
             if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
                 if link.is_dir() and not link.is_symlink():
@@ -265,6 +352,13 @@ class ExportSet:
                 _swap_link(link, f"{CURRENT}/{name}")
         previous = (self.out_dir / CURRENT).resolve() if (self.out_dir / CURRENT).is_symlink() else None
         _swap_link(self.out_dir / CURRENT, f"{VERSIONS}/{version.name}")
+        # A name this set lacks loses its link (which would dangle: a copy by cp, copytree or tar
+        # then fails) and any loose file of the older, unversioned layout.
+        known = {p.name for a in ARTIFACT_NAMES.values() for f in FORMATS for p in (Path(a), manifest_path(a), *format_files(format_path(a, f), f))}
+        for name in sorted(known - names):
+            link = self.out_dir / name
+            if link.is_symlink() or link.is_file():
+                link.unlink()
         keep = (version.resolve(), previous)
         for old in (self.out_dir / VERSIONS).iterdir():
             if old.resolve() not in keep and not old.name.startswith(STAGING_PREFIX):

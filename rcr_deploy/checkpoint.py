@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: no such checkpoint file; check the path")
     regular_file(path, "checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about the pickle protocol of a file it then refuses: our one line says it all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(f"{path}: truncated or damaged checkpoint ({e}); re-copy or re-save it") from e
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/ValueError for non-checkpoints

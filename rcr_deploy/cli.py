@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ app = typer.Typer(
     help="RCRNet portrait segmentation from PyTorch training to a measured, deployed engine.",
 )
 console = Console()
-_state = {"debug": False}
+_state = {"debug": False, "interrupted": False}
 
 
 def _print_version(value: bool) -> None:
@@ -56,13 +57,29 @@ def _main(
 
 
 def main() -> None:
-    """Console-script entry point: maps typed errors to one line and an exit code."""
+    """Console-script entry point: maps typed errors to one line and an exit code; Ctrl-C
+    (SIGINT) exits 130 wherever it lands, also where a library turned it into an error of its own."""
+    _state["interrupted"] = False
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         app()
+    except SystemExit as e:
+        # click reports Ctrl-C as "Aborted!" and exit 1; 130 is the shell's convention. A command
+        # that handles Ctrl-C as its normal stop (serve) still exits 0.
+        sys.exit(130 if _state["interrupted"] and e.code not in (0, None) else e.code)
     except TYPED as e:
+        if _state["interrupted"]:
+            sys.exit(130)
         if _state["debug"]:
             raise
         sys.exit(report(e))
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """SIGINT (and, while training or serving, SIGTERM): remembered, then Python's KeyboardInterrupt."""
+    _state["interrupted"] = True
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 # ------------------------------------------------------------------------------ option checks
@@ -331,7 +348,7 @@ def serve(
     max_batch: int = typer.Option(8, min=1, help="Most requests run as one model call (1: no batching)."),
     batch_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a replica waits to fill a batch."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, help="HTTP port."),
+    port: int = typer.Option(8000, help="HTTP port (1 to 65535).", callback=_range(1, 65535)),
     threads: Optional[int] = typer.Option(None, min=1, help="The model's CPU threads per replica; default: the cores shared among the replicas."),
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
@@ -379,13 +396,8 @@ def serve(
 def _interrupt_on_term() -> None:
     """SIGINT and SIGTERM both stop training through KeyboardInterrupt, which saves last.pt: a run
     started in the background by a non-interactive shell would otherwise ignore SIGINT."""
-    import signal
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+        signal.signal(sig, _on_interrupt)
 
 
 @app.command()
@@ -432,6 +444,7 @@ def train(
 ) -> None:
     """Train a model with the paper's recipe; with torchrun, on many GPUs or nodes (DDP)."""
     given = {k: v for k, v in locals().items() if v is not None and k not in ("config", "resume", "time_limit")}
+    from rcr_deploy.fileio import check_output, regular_file
     from rcr_deploy.train.trainer import TrainConfig, Trainer, resume_config
 
     if time_limit is not None:
@@ -443,12 +456,15 @@ def train(
     if data_weights is not None:
         given["data_weights"] = [float(w) for w in data_weights.split(",")]
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    if config:
+        regular_file(config, "config file")
     base = TrainConfig.load(config) if config else resume_config(resume) if resume else TrainConfig()
     cfg = TrainConfig.from_dict({**dataclasses.asdict(base), **given}, "options")
     if not cfg.data:
         raise RcrError("no dataset: pass --data DIR (a folder with images/ and masks/), once per dataset")
     if not given.get("out") and not config and not resume:
         cfg.out = f"runs/{cfg.arch}"
+    check_output(cfg.out, "--out", folder=True)
     _interrupt_on_term()
     result = Trainer(cfg, resume=resume).fit()
     if result.best:
@@ -515,6 +531,11 @@ def bench(
 
     from rcr_deploy.benchmarks.harness import BenchConfig, parse_batches, run_bench, select_backends
     from rcr_deploy.benchmarks.report import print_table, write_json, write_markdown
+    from rcr_deploy.fileio import check_output
+
+    for option, path in (("--json-out", json_out), ("--md", md_out), ("--plot", plot_out)):
+        if path:
+            check_output(path, option)
 
     if device == "auto":
         import torch
@@ -583,7 +604,15 @@ def eval_(
     from rcr_deploy.benchmarks import peer as peer_mod
     from rcr_deploy.data.folder import sources
     from rcr_deploy.evaluate import SHEET_NAME, evaluate, write_per_image_csv, write_worst
+    from rcr_deploy.fileio import check_output
+    from rcr_deploy.infer import Segmenter
     from rcr_deploy.runtime import load_runner
+
+    if per_image:
+        check_output(per_image, "--per-image")
+    if worst and worst[0]:
+        check_output(worst[1], "--worst", folder=True)
+        check_output(worst[1] / SHEET_NAME, "--worst")
 
     named = sources([str(d) for d in data])
     if len(named) > 1 and split and Path(split).is_file():
@@ -591,8 +620,7 @@ def eval_(
     mediapipe = _peer_or_none(peer_mod) if peer else None
     rows, pictures = [], {}
     with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
-        if size is None:
-            size = int(((runner.manifest or {}).get("input") or {}).get("size", [224])[0])
+        size = Segmenter(runner, size=size).size  # infer's checks of the artifact and --size, so both accept the same models
         for src in named:
             report = evaluate(runner, src.root, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
             row = {"name": src.name, **{k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}}
@@ -708,7 +736,9 @@ def export_cmd(
     from rcr_deploy.exporters.pipeline import default_formats, export
     from rcr_deploy.exporters.tensorrt import EngineOptions
     from rcr_deploy.artifact import DEFAULT_OUT_DIR
+    from rcr_deploy.fileio import check_output
 
+    check_output(out or DEFAULT_OUT_DIR, "--out", folder=True)
     if triton is not None:
         triton_repo.check_target(triton, force)
 

@@ -40,6 +40,24 @@ def output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def check_output(path: str | os.PathLike, option: str, folder: bool = False) -> Path:
+    """Check an output path before any work, creating nothing: a file where a folder goes (or the
+    reverse), a file on the way, or a folder that cannot be written is one `RcrError` naming `option`."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise RcrError(f"{option} {path}: is an existing file, not a folder; pass a folder")
+    if not folder and path.is_dir():
+        raise RcrError(f"{option} {path}: is a folder; pass a file name, e.g. {path / 'out'}")
+    ancestor = path if folder else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RcrError(f"{option} {path}: {ancestor} is a file, not a folder; pass a path in a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RcrError(f"{option} {path}: {ancestor} is not writable; pass a path in a writable folder")
+    return path
+
+
 def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     """`path` if it is a regular file (not a FIFO or device, which would block or never end)."""
     path = Path(path)

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rcr_deploy import preprocess
-from rcr_deploy.artifact import manifest_path
+from rcr_deploy.artifact import require_usable
 from rcr_deploy.errors import DataError, RcrError
 from rcr_deploy.fileio import output_dir, regular_file
 from rcr_deploy.postprocess import OUTPUTS, Background, compose, foreground_prob, hard_mask, matte, unletterbox, write_png
@@ -47,24 +47,12 @@ _QUEUE = 4  # frames in flight per queue: enough to hide jitter, little memory
 
 
 def _manifest_input(runner: Runner) -> dict[str, Any] | None:
-    """The input spec recorded in the artifact's manifest (None for a checkpoint)."""
-    if runner.manifest is None:
-        path = getattr(runner, "path", None)
-        if path is not None:  # an artifact file without its manifest: its preprocessing is unknown
-            raise RcrError(
-                f"{path}: no manifest (no {manifest_path(Path(path)).name} beside it, none embedded), so its input "
-                "size and normalisation are unknown; re-export it with 'rcr-deploy export' or put its .json back beside it"
-            )
+    """The input spec recorded in the artifact's manifest (None for a checkpoint, which has none);
+    `artifact.require_usable` refuses an artifact without one or with other preprocessing."""
+    path = getattr(runner, "path", None)
+    if runner.manifest is None and path is None:
         return None
-    spec = runner.manifest.get("input", {})
-    expected = preprocess.input_spec()
-    for key in ("mean", "std", "pad_value"):
-        if key in spec and not np.allclose(spec[key], expected[key]):
-            raise RcrError(
-                f"{runner.name}: manifest asks for {key} {spec[key]}, but this rcr-deploy normalises with "
-                f"{expected[key]}; re-export the artifact with this version"
-            )
-    return spec
+    return require_usable(path or runner.name, runner.manifest)["input"]
 
 
 class Segmenter:

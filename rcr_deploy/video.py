@@ -22,6 +22,9 @@ from rcr_deploy.metrics import image_ious
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 #: OpenCV's codecs tried in order after the user's choice (`--codec`), where PyAV is not installed.
 FALLBACK_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
+# OpenCV's FFmpeg prints every damaged macroblock of a corrupt video to stderr; we report a
+# video that stops decoding in one line of our own. Read at the first capture, so set here.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # AV_LOG_PANIC
 _DEFAULT_FPS = 30.0
 #: Camera indices accepted (Linux numbers /dev/video0 to /dev/video255 at most).
 MAX_CAMERA_INDEX = 255

@@ -35,15 +35,17 @@ def _record(precision: str = "fp32") -> dict:
     return manifests.build(
         arch="rcrnet", variant={"name": "rcrnet", "symbol": "", "description": ""}, checkpoint=Path("ckpt.pt"),
         checkpoint_sha256="0" * 64, precision=precision, opset=18, in_channels=4, size=(32, 32), dynamic_hw=False,
-        ops={"Identity": 1}, export={}, validation=[], accuracy=None,
+        ops={"Conv": 1}, export={}, validation=[], accuracy=None,
     )  # fmt: skip
 
 
 def _tiny_artifact(path: Path, precision: str = "fp32", sidecar: bool = True) -> Path:
-    """An Identity ONNX model with a full manifest embedded (and beside it): fast stand-in for an export."""
+    """A 1x1 Conv ONNX model (4 channels in, 2 out, as RCRNet) with a full manifest embedded (and
+    beside it): fast stand-in for an export."""
     x = onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 4, 32, 32])
-    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 4, 32, 32])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [y])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 2, 32, 32])
+    w = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [2, 4, 1, 1], [1.0] * 8)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["input", "w"], ["logits"])], "g", [x], [y], [w])
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     proto.ir_version = 8
     record = _record(precision)
@@ -123,7 +125,7 @@ def test_sidecar_of_another_artifact_is_refused(tmp_path):
     other = _tiny_artifact(tmp_path / "other" / "rcrnet.onnx", precision="fp16")
     manifest_path(artifact).write_bytes(manifest_path(other).read_bytes())
     artifact.write_bytes(artifact.read_bytes() + b"\0")  # the file no longer matches any sidecar
-    with pytest.raises(ManifestError, match="different exports"):
+    with pytest.raises(ManifestError, match="rcrnet.onnx: its sha256 .* is not the one rcrnet.onnx.json records"):
         read_manifest(artifact)
 
 
@@ -171,8 +173,9 @@ def test_commit_publishes_one_whole_set_and_keeps_one_previous_version(tmp_path)
     assert (out / CURRENT).resolve().stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     first = os.readlink(out / CURRENT)
     _publish(out, ("fp32",))
-    # The new set has no FP16: its name is a dangling link, absent to every reader.
-    assert not (out / ARTIFACT_NAMES["fp16"]).is_file() and (out / ARTIFACT_NAMES["fp32"]).is_file()
+    # The new set has no FP16: its name has no link (none dangles), absent to every reader.
+    assert not (out / ARTIFACT_NAMES["fp16"]).is_symlink() and (out / ARTIFACT_NAMES["fp32"]).is_file()
+    assert all(p.exists() for p in out.iterdir())
     assert os.readlink(out / CURRENT) != first and (out / first).is_dir()  # the previous set stays for readers in flight
     _publish(out, ("fp32",))
     assert not (out / first).exists() and len(list((out / VERSIONS).iterdir())) == 2
@@ -257,7 +260,7 @@ def test_runner_is_a_context_manager_and_refuses_infer_after_close(tmp_path):
     artifact = _tiny_artifact(tmp_path / "rcrnet.onnx")
     x = np.zeros((1, 4, 32, 32), np.float32)
     with load_runner(tmp_path) as runner:
-        assert runner.active and runner.infer(x).shape == (1, 4, 32, 32)
+        assert runner.active and runner.infer(x).shape == (1, 2, 32, 32)
         assert runner.manifest["precision"] == "fp32" and runner.path == artifact
     assert not runner.active
     runner.close()  # twice is fine

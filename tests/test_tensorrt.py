@@ -178,7 +178,7 @@ class FakeTRT:
             get_tensor_name=lambda i: names[i],
             get_tensor_mode=lambda n: "input" if n == "input" else "output",
             get_tensor_dtype=lambda n: output_dtype,
-            get_tensor_shape=lambda n: (-1, 4, 64, 64),
+            get_tensor_shape=lambda n: (-1, 4, 64, 64) if n == "input" else (-1, 2, 64, 64),
         )
         self.Runtime = lambda logger: Obj(deserialize_cuda_engine=lambda data: None if fake.fail == "deserialize" else engine)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcr_deploy.artifact import read_manifest
+from rcr_deploy.artifact import check_graph, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.runtime import Runner, onnxruntime_providers
 
@@ -37,6 +37,7 @@ class OnnxRuntimeRunner(Runner):
             )
         except Exception as e:
             raise RcrError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]}); re-export it") from e
+        check_graph(self.path, self.manifest, *([list(t.shape) for t in ts] for ts in (self.session.get_inputs(), self.session.get_outputs())))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.in_channels = int(inp.shape[1])

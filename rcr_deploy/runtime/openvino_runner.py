@@ -16,10 +16,13 @@ graph about 1.2-1.6x slower at batch 1 than the same graph reshaped to static, m
 A checkpoint runs on OpenVINO too (`CheckpointOnOpenVINO`): its deploy form is converted once
 and the IR kept in a cache folder keyed by the checkpoint's sha256, because the conversion (a
 TorchScript trace) takes 5-15 s on a laptop CPU while reading the cached IR takes well under one.
+Each cache entry records its files' sha256 (`CACHE_RECORD`); an entry that no longer matches is
+converted again, with a one-line note, never run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -30,7 +33,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rcr_deploy.artifact import read_manifest
+from rcr_deploy.artifact import check_graph, manifest_path, read_manifest, verify_bytes
 from rcr_deploy import __version__
 from rcr_deploy.errors import BackendUnavailable, RcrError
 from rcr_deploy.fileio import sha256_file
@@ -41,16 +44,39 @@ PRECISION_HINTS = ("f32", "bf16")
 #: Static-shape compilations kept per runner besides those `warm_up` pinned (a video or a folder
 #: uses one shape, eval two).
 MAX_STATIC_SHAPES = 4
+#: A conversion-cache entry's record of its files' sha256: written with them, checked before each use.
+CACHE_RECORD = "sha256.json"
 INSTALL_HINT = "pip install 'openvino>=2025.0', or use --backend onnxruntime"
 
 
 def require_openvino() -> Any:
-    """The `openvino` module, or `BackendUnavailable` in one line saying what to install."""
+    """The `openvino` module, or `BackendUnavailable` in one line saying what to install. Its
+    telemetry is turned off first (`telemetry_off`)."""
     try:
         import openvino
     except ImportError:
         raise BackendUnavailable(f"OpenVINO is not installed; {INSTALL_HINT}") from None
+    telemetry_off()
     return openvino
+
+
+def telemetry_off() -> None:
+    """Decline OpenVINO's and NNCF's usage telemetry for this process. Both send through
+    openvino_telemetry, which without a consent file in the user's home sends by default (OVC
+    asks no one); an offline tool must not phone home, and must not write into the user's home to
+    say so. Its consent check, which both tools ask first, answers "declined" here."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # a build without the telemetry package sends nothing
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
+def verify_weights(xml: Path, manifest: dict[str, Any] | None, record: str | os.PathLike) -> None:
+    """Refuse an IR whose `.bin` differs from the sha256 its manifest records (`artifact.verify_bytes`)."""
+    recorded = ((manifest or {}).get("openvino") or {}).get("weights", {}).get("sha256")
+    if recorded:
+        verify_bytes(xml.with_suffix(".bin"), recorded, record)
 
 
 def check_ir_files(path: Path) -> None:
@@ -85,8 +111,15 @@ class OpenVINORunner(Runner):
         if precision is not None and precision not in PRECISION_HINTS:
             raise RcrError(f"OpenVINO precision {precision!r}: unknown; use one of {', '.join(PRECISION_HINTS)}")
         self.path = Path(path)
+        self.manifest = None
         if model is None:
             check_ir_files(self.path)
+            # Every byte checked before OpenVINO reads it: the manifest (the sidecar, which verifies
+            # the .xml or .onnx, else the IR's own embedded copy) records the weights of the .bin.
+            self.manifest = read_manifest(self.path, missing_ok=True)
+            if self.path.suffix == ".xml":
+                sidecar = manifest_path(self.path)
+                verify_weights(self.path, self.manifest, sidecar if sidecar.is_file() else f"{self.path.name} (rt_info)")
         core = ov.Core()
         config: dict[Any, Any] = {}
         if hint is not None:
@@ -101,15 +134,17 @@ class OpenVINORunner(Runner):
             # move masks several times further from ONNX Runtime (docs/cpu-engines.md).
             if model is None:
                 model = ov.convert_model(str(self.path)) if self.path.suffix == ".onnx" else core.read_model(str(self.path))
+            check_graph(self.path, self.manifest, *([_dims(p) for p in ports] for ports in (model.inputs, model.outputs)))
             fixed = _batch_one(model) if hint == "latency" else None
             self.compiled = core.compile_model(fixed or model, "CPU", config)
             self.compiles = 1
+        except RcrError:
+            raise
         except Exception as e:  # RuntimeError from the core, ovc's Error from convert_model: a truncated .bin, a newer IR, a corrupt file
             raise RcrError(
                 f"{self.path}: OpenVINO {ov.__version__.split('-')[0]} cannot load it ({_last_line(e)}); "
                 "re-export it, or upgrade with pip install -U openvino"
             ) from e
-        self.manifest = read_manifest(self.path, missing_ok=True)
         self.in_channels = int(model.input(0).partial_shape[1].get_length())
         self.hint, self.precision = hint, precision
         self.requests = int(self.compiled.get_property(props.optimal_number_of_infer_requests))
@@ -179,6 +214,12 @@ class OpenVINORunner(Runner):
         self._static = {}
 
 
+def _dims(port: Any) -> list[int | None]:
+    """A model port's shape: each fixed dimension, None for a dynamic one ([] for a dynamic rank)."""
+    shape = port.partial_shape
+    return [] if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
+
+
 def _batch_one(model: Any) -> Any:
     """A copy of `model` with its dynamic batch fixed at 1, or None where other dimensions are
     dynamic too (a --dynamic-hw artifact: its shapes are known only at the first call)."""
@@ -214,6 +255,9 @@ class CheckpointOnOpenVINO(Runner):
         if self._runner is not None:
             return
         model = None
+        if self.xml.parent.exists() and not _cache_intact(self.xml):
+            print(f"note: the cached OpenVINO model in {self.xml.parent} is damaged; converting {self.checkpoint.name} again", file=sys.stderr)
+            shutil.rmtree(self.xml.parent, ignore_errors=True)
         if not self.xml.is_file():
             print(f"note: converting {self.checkpoint.name} to OpenVINO once (cached in {self.xml.parent})", file=sys.stderr)
             model = _convert(self._deploy)
@@ -270,6 +314,20 @@ def _convert(deploy: Any) -> Any:
         ) from e
 
 
+def _cache_record(folder: Path) -> dict[str, str]:
+    """File name -> sha256 of every file of a cache entry (but its record)."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.name != CACHE_RECORD}
+
+
+def _cache_intact(xml: Path) -> bool:
+    """Whether the cache entry of `xml` holds exactly the files its record names, byte for byte."""
+    try:
+        recorded = json.loads((xml.parent / CACHE_RECORD).read_text())
+        return xml.name in recorded and recorded == _cache_record(xml.parent)
+    except (OSError, ValueError, TypeError):  # missing, unreadable or not a record: re-made
+        return False
+
+
 def _store(model: Any, xml: Path) -> None:
     """Save the IR into the cache as a whole (a folder renamed into place) or not at all: a cache
     that cannot be written only costs the next run its conversion."""
@@ -280,6 +338,7 @@ def _store(model: Any, xml: Path) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=xml.parent.parent))
         try:
             ov.save_model(model, str(tmp / xml.name), compress_to_fp16=False)
+            (tmp / CACHE_RECORD).write_text(json.dumps(_cache_record(tmp)))
             os.replace(tmp, xml.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rcr_deploy.artifact import read_manifest
+from rcr_deploy.artifact import check_graph, read_manifest
 from rcr_deploy.errors import BackendUnavailable, InternalError, RcrError
 from rcr_deploy.runtime import Runner
 
@@ -94,6 +94,8 @@ class TensorRTRunner(Runner):
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
             raise RcrError(f"{self.path}: engine has inputs {inputs} and outputs {outputs}; expected one of each")
+        shapes = [[[d if d >= 0 else None for d in self.engine.get_tensor_shape(n)] for n in ns] for ns in (inputs, outputs)]
+        check_graph(self.path, self.manifest, *shapes)
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.output_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
         self.in_channels = int(self.engine.get_tensor_shape(self.input_name)[1])

@@ -270,12 +270,14 @@ def start(
     `Retry-After: 1`. A request not answered within `request_timeout_s` gets 408.
     `v2_name` is the model's name in the Open Inference Protocol; `cors_origins` the browser
     origins allowed to call it; `max_sessions` the video sessions each replica keeps."""
+    from rcr_deploy.infer import Segmenter
     from rcr_deploy.runtime import load_runner
 
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0 or max_queued < 1 or request_timeout_s <= 0:
         raise RcrError("--replicas, --max-batch and --max-queued must be at least 1, --batch-wait-ms at least 0 and --request-timeout-s above 0")
     model_arg = None if model is None else str(Path(model).resolve())  # replicas may run elsewhere
     with load_runner(model_arg, backend=backend) as runner:
+        Segmenter(runner)  # infer's checks of the artifact, so serve accepts the models infer and eval do
         runner.prepare()  # a first conversion happens once, here, not in every replica
     check_port_free(host, port)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a local server

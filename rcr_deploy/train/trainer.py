@@ -106,18 +106,25 @@ class TrainConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError as e:
             raise TrainError(f"{path}: no such config file; check the path") from e
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TrainError(f"{path}: not valid JSON ({e}); fix or re-save it") from e
+        except OSError as e:  # a folder, no permission
+            raise TrainError(f"{path}: cannot read this config file ({e.strerror}); pass a config.json") from e
         return cls.from_dict(data, path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | os.PathLike = "config") -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise TrainError(f"{source}: not a training config (a JSON object of option: value); re-save it, or pass the options")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise TrainError(f"{source}: unknown config keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if isinstance(data.get("amp"), bool):  # configs before 0.2 said amp: true (fp16 on CUDA) / false
             data = {**data, "amp": "fp16" if data["amp"] else "off"}
+        for f in dataclasses.fields(cls):
+            if f.name in data and not _of_type(data[f.name], str(f.type)):
+                raise TrainError(f"{source}: {f.name} is {data[f.name]!r:.60}, not of type {f.type}; fix that value")
         cfg = cls(**data)
         if cfg.amp not in AMP_MODES:
             raise TrainError(f"{source}: --amp {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
@@ -127,6 +134,19 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    """Whether a config value has its field's type (annotations are strings: `from __future__`)."""
+    if value is None:
+        return "None" in annotation
+    if isinstance(value, bool) or annotation.startswith("bool"):
+        return isinstance(value, bool) and annotation.startswith("bool")
+    if annotation == "float":
+        return isinstance(value, (int, float))
+    if annotation == "list[int]":
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, {"int": int, "str": str}.get(annotation, object))
 
 
 @dataclasses.dataclass

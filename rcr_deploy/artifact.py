@@ -131,16 +131,26 @@ def _inconsistent(manifest: dict[str, Any]) -> str | None:
     inp, out = manifest["input"], manifest["output"]
     size, shape = inp["size"], inp["shape"]
     channels = 3 if inp["prior_channel"] is None else 4
+    in_c, in_hw = _channels_and_spatial(inp)
+    out_c, _ = _channels_and_spatial(out)
     if size[0] != size[1]:
         return f"input/size {size} is not square (the letterbox makes a square)"
-    if shape[1] != channels:
-        return f"input/shape has {shape[1]} channels, but input/prior_channel {inp['prior_channel']} means {channels}"
-    fixed = [d for d in shape[2:] if isinstance(d, int)]
+    if in_c != channels:
+        return f"input/shape has {in_c} channels, but input/prior_channel {inp['prior_channel']} means {channels}"
+    fixed = [d for d in in_hw if isinstance(d, int)]
     if fixed and fixed != size[: len(fixed)]:
         return f"input/shape {shape} does not match input/size {size}"
-    if isinstance(out["shape"][1], int) and out["shape"][1] != len(out["classes"]):
-        return f"output/shape {out['shape']} has {out['shape'][1]} channels for {len(out['classes'])} output/classes"
+    if isinstance(out_c, int) and out_c != len(out["classes"]):
+        return f"output/shape {out['shape']} has {out_c} channels for {len(out['classes'])} output/classes"
     return None
+
+
+def _channels_and_spatial(record: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """A tensor record's channel count and spatial dimensions, by its layout (absent: NCHW)."""
+    shape = record["shape"]
+    if record.get("layout") == "NHWC":
+        return shape[-1], shape[1:-1]
+    return shape[1], shape[2:]
 
 
 def require_usable(path: str | os.PathLike, manifest: dict[str, Any] | None) -> dict[str, Any]:

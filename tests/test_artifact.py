@@ -153,6 +153,20 @@ def test_a_manifest_we_make_that_fails_the_schema_is_our_bug(tmp_path):
         check_manifest({**_record(), "precision": "fp8"}, "x")
 
 
+def test_an_nhwc_record_is_checked_on_its_last_axis(tmp_path):
+    # A .tflite carries NHWC records: its channels are the last axis, and a 64 x 64 input is not 64 channels.
+    record = _record()
+    record["input"].update(layout="NHWC", shape=[1, 32, 32, 4], dynamic_axes={})
+    record["output"].update(layout="NHWC", shape=[1, 32, 32, 2], dynamic_axes={})
+    assert check_manifest(record, "x") is record
+    record["input"]["shape"] = [1, 32, 32, 3]
+    with pytest.raises(ManifestError, match="input/shape has 3 channels"):
+        check_manifest(record, "x")
+    record["input"]["shape"], record["output"]["shape"] = [1, 32, 32, 4], [1, 32, 32, 5]
+    with pytest.raises(ManifestError, match="output/shape"):
+        check_manifest(record, "x")
+
+
 # ---------------------------------------------------------------------------------- export sets
 
 

@@ -111,3 +111,13 @@ def test_anywhere_samples_from_several_others_stay_consistent():
     for seed in range(8):
         s = make_sample(rgb, mask, np.random.default_rng(seed), 64, 4, others)
         assert s.student.shape == (4, 64, 64) and set(np.unique(s.mask)) <= {0, 1}
+
+
+def test_augment_grid_draws_both_rows_from_every_dataset(two, tmp_path):
+    from rcr_deploy.benchmarks.augment_grid import draw
+
+    out = tmp_path / "grid.png"
+    draw([str(two[0]), str(two[1])], out, columns=4)
+    picture = cv2.imread(str(out))
+    assert picture is not None and picture.shape[1] > picture.shape[0] > 100
+    assert not list(tmp_path.glob(".grid.png.*"))  # written whole or not at all

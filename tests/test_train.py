@@ -14,7 +14,7 @@ from rcr_deploy.checkpoint import load_checkpoint
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import sha256_file
 from rcr_deploy.train.trainer import TrainConfig, Trainer, TrainError, lr_factor
-from support import cli_process, write_dataset
+from support import cli, cli_process, write_dataset
 
 pytestmark = pytest.mark.slow  # trains for real, DDP included
 
@@ -132,6 +132,24 @@ def test_logic_only_gpu_out_of_memory_hints_lower_batch_and_keeps_state(data, tm
     with pytest.raises(TrainError, match=r"out of GPU memory at batch 4 .*lower --batch \(e.g. --batch 2\)"):
         trainer.fit()
     assert sha256_file(tmp_path / "run" / "last.pt") == before
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [("epochs", 0, "epochs 0"), ("batch", -4, "batch -4"), ("size", 100, "size 100"), ("workers", 10**6, "workers"),
+     ("weight_decay", float("nan"), "weight_decay nan"), ("progressive", [160, 33], "progressive 33"),
+     ("data_weights", [1.0, 0.0], "data_weights 0"), ("temperature", 0, "temperature 0")],
+)  # fmt: skip
+def test_a_config_files_numbers_are_checked_like_the_options(tmp_path, key, value, named):
+    # A config.json must not smuggle in what the command line refuses (json writes NaN as NaN).
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(TrainError, match=rf"c\.json: {named}.*must be a number from"):
+        TrainConfig.load(path)
+    code, _, err = cli("train", "--config", str(path), "--data", str(tmp_path))
+    assert code == 2 and "Traceback" not in err and "c.json" in err
+    with pytest.raises(TrainError, match="config: "):  # built in Python, then handed to the Trainer
+        Trainer(TrainConfig(**{key: value}, data=[str(tmp_path)]))
 
 
 def test_config_rejects_unknown_keys_and_schedule_is_the_papers(tmp_path):

@@ -250,5 +250,5 @@ def test_out_that_is_a_file_is_one_line(data, tmp_path):
         [sys.executable, "-m", "rcr_deploy", "train", "--data", str(data), "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--out" in proc.stderr and "is a file" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--out" in proc.stderr and "is an existing file" in proc.stderr
     assert (tmp_path / "run").read_text() == "not a folder"

@@ -50,6 +50,16 @@ from rcr_deploy.train.schedule import SCHEDULES, RunSampler, epoch_cost, lr_fact
 
 SPLIT_RULE = f"sort the ids; index % {VAL_EVERY} == 0 is validation, the rest is training"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: The numeric fields' (lowest, highest[, multiple of]) values, checked wherever a config comes from:
+#: options, a config.json, a checkpoint's saved config. Lists are checked item by item; --lr (an
+#: open interval) is checked by the Trainer.
+RANGES: dict[str, tuple[float, ...]] = {
+    "data_weights": (1e-6, 1e6), "size": (32, 4096, 32), "progressive": (32, 4096, 32), "epochs": (1, 10**6),
+    "batch": (1, 4096), "weight_decay": (0, 1), "lr_decay": (1e-6, 1), "lr_decay_epochs": (1e-6, 1e9),
+    "alpha": (0, 1e6), "beta": (0, 1e6), "temperature": (1e-6, 1e6), "seed": (0, 2**32 - 1), "workers": (0, 256),
+    "threads": (0, 1024), "warmup_epochs": (0, 10**6), "time_limit_min": (0, 10**7), "save_every": (0, 10**9),
+    "val_every": (1, 10**6), "val_limit": (0, 10**9), "max_steps": (0, 10**12),
+}  # fmt: skip
 PLAN_AFTER_S = 20.0  # seconds of steady training that the epoch plan is measured over
 
 
@@ -125,6 +135,7 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             if f.name in data and not _of_type(data[f.name], str(f.type)):
                 raise TrainError(f"{source}: {f.name} is {data[f.name]!r:.60}, not of type {f.type}; fix that value")
+        check_ranges(data, source)
         cfg = cls(**data)
         if cfg.amp not in AMP_MODES:
             raise TrainError(f"{source}: --amp {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
@@ -134,6 +145,18 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def check_ranges(data: dict[str, Any], source: str | os.PathLike) -> None:
+    """`TrainError` naming the first numeric field of `data` outside `RANGES` (NaN and Inf included);
+    `source` "options" names it as the command-line option."""
+    for name, (lo, hi, *multiple) in RANGES.items():
+        values = data.get(name, [])
+        for x in values if isinstance(values, list) else [values]:
+            if not (math.isfinite(x) and lo <= x <= hi and (not multiple or x % multiple[0] == 0)):
+                step = f" and a multiple of {multiple[0]:g}" if multiple else ""
+                where = f"--{name.replace('_', '-')} {x}" if source == "options" else f"{source}: {name} {x}"
+                raise TrainError(f"{where}: must be a number from {lo:g} to {hi:g}{step}; fix that value")
 
 
 def _of_type(value: Any, annotation: str) -> bool:
@@ -205,8 +228,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | os.PathLike | None = None, progress: bool = True) -> None:
         if cfg.arch not in VARIANTS:
             raise TrainError(f"unknown --arch {cfg.arch!r}; use one of {', '.join(VARIANTS)}")
-        if cfg.batch < 1 or cfg.epochs < 1 or cfg.val_every < 1:
-            raise TrainError("--batch, --epochs and --val-every must be at least 1")
+        check_ranges(dataclasses.asdict(cfg), "config")  # a config built in Python has not been through from_dict
         if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= 1):
             raise TrainError(f"--lr {cfg.lr}: use a learning rate in (0, 1], e.g. 1e-3")
         self.sizes = (*cfg.progressive, cfg.size)

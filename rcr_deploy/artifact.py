@@ -72,7 +72,15 @@ def format_path(onnx_artifact: str | os.PathLike, fmt: str) -> Path:
     """An ONNX artifact's file in another format of the table (rcr_deploy.formats), beside it:
     `rcrnet-int8.onnx`, "openvino" -> `rcrnet-int8.xml`; a folder format's folder beside it."""
     row = FORMATS[fmt]
-    return Path(onnx_artifact).parent / row.folder if row.folder else Path(onnx_artifact).with_suffix(row.suffixes[0])
+    return Path(onnx_artifact).parent / row.folder if row.folder else format_sibling(onnx_artifact, "onnx", row.suffixes[0])
+
+
+def format_sibling(path: str | os.PathLike, fmt: str, suffix: str) -> Path:
+    """Another file of the same artifact beside `path`, a file of format `fmt`: its first suffix
+    swapped for `suffix` (`rcrnet-fp16.ncnn.param`, ".ncnn.bin" -> `rcrnet-fp16.ncnn.bin`).
+    Not `Path.with_suffix`, which sees only the last dot of `.ncnn.param`."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(FORMATS[fmt].suffixes[0]) + suffix)
 
 
 def format_files(path: Path, fmt: str) -> list[Path]:
@@ -80,7 +88,7 @@ def format_files(path: Path, fmt: str) -> list[Path]:
     manifest; a folder format's folder."""
     if FORMATS[fmt].folder:
         return [path]
-    return [path.with_suffix(s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
+    return [format_sibling(path, fmt, s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
 
 
 def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:

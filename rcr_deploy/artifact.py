@@ -39,7 +39,7 @@ from typing import Any
 
 from rcr_deploy.errors import InternalError, ManifestError, RcrError
 from rcr_deploy.fileio import sha256_file, umask_mode, write_text_atomic
-from rcr_deploy.formats import FORMATS
+from rcr_deploy.formats import FORMATS, by_path
 
 #: Where `export` writes and where `bench`, `eval`, `infer` and `build` look by default.
 DEFAULT_OUT_DIR = Path("rcr-deploy-out")
@@ -91,12 +91,18 @@ def format_files(path: Path, fmt: str) -> list[Path]:
     return [format_sibling(path, fmt, s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
 
 
+def is_export_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is an export folder: a folder that is not itself a model of the format table
+    (a Core ML `.mlpackage` is a folder)."""
+    return Path(path).is_dir() and by_path(path) is None
+
+
 def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
     """A model file as given, or an export folder's artifact of `precision`.
 
     Raises `RcrError` (exit 2) for a folder that lacks it, naming the export command that makes it."""
     path = Path(path)
-    if not path.is_dir():
+    if not is_export_folder(path):
         return path
     artifact = path / ARTIFACT_NAMES[precision]
     if not artifact.is_file():

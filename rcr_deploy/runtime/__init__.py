@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rcr_deploy.artifact import format_path, resolve
+from rcr_deploy.artifact import format_path, is_export_folder, resolve
 from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
 from rcr_deploy.errors import BackendUnavailable, InternalError, RcrError
 from rcr_deploy.reparam import reparameterize
@@ -120,7 +120,7 @@ def load_runner(
     if model is None or (Path(model).suffix == ".pt" and not Path(model).is_dir()):
         return _checkpoint_runner(default_checkpoint() if model is None else Path(model), device, hint, backend, threads, auto)
     path = Path(model)
-    if path.is_dir() and by_path(path) is None:  # an export folder (a Core ML .mlpackage is a folder too)
+    if is_export_folder(path):
         onnx = resolve(path)
         fmt = next((f for f in auto if f is not None and format_path(onnx, f.name).is_file()), FORMATS["onnx"])
         path = format_path(onnx, fmt.name)

@@ -31,9 +31,9 @@ from rcr_deploy.benchmarks.cost import count_macs_onnx, count_macs_torch, count_
 from rcr_deploy.benchmarks.machine import machine_info, peak_flops, peak_memory
 from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_call
-from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_path, manifest_path, read_manifest, require_usable, resolve
+from rcr_deploy.artifact import ARTIFACT_NAMES, DEFAULT_OUT_DIR, format_files, format_path, format_sibling, manifest_path, read_manifest, require_usable, resolve
 from rcr_deploy.errors import BackendUnavailable, RcrError
-from rcr_deploy.formats import FORMATS, Format, bench_targets, by_suffix, installed, load
+from rcr_deploy.formats import FORMATS, Format, bench_targets, by_path, installed, load
 from rcr_deploy.runtime import Runner, onnxruntime_providers
 from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT, default_checkpoint, load_checkpoint
 from rcr_deploy.exporters import tensorrt as trt_export
@@ -102,7 +102,9 @@ class BenchConfig:
         if unknown:
             raise RcrError(f"--engine {','.join(unknown)}: unknown; use one of {', '.join(PRECISIONS)}")
         for path in self.artifacts:
-            fmt = by_suffix(path.suffix)
+            fmt = by_path(path)
+            if fmt is not None and not fmt.devices:
+                raise RcrError(f"{path}: a {fmt.title}, not run: {fmt.usage}")
             if fmt is None or fmt.runner is None or not path.is_file():
                 kinds = ", ".join(f"{f.title}s ({f.suffixes[0]})" for f in FORMATS.values() if f.runner)
                 what = "no such file" if not path.exists() else "not a model file bench runs"
@@ -144,7 +146,9 @@ def select_backends(spec: str, device: str) -> list[str]:
         if item == "all":
             names += default_backends(device)
         elif item in families():
-            names += [b for b in default_backends(device) if b.startswith(item + "-") and b != "onnxruntime-unfused"]
+            # A format that runs nowhere here is still named, so that the report says it was not run.
+            pool = default_backends(device) + [n for f in FORMATS.values() if not f.devices for n in bench_targets(f)]
+            names += [b for b in pool if b.startswith(item + "-") and b != "onnxruntime-unfused"]
         elif item:
             names.append(item)
     return list(dict.fromkeys(names))
@@ -280,7 +284,7 @@ def plan(config: BenchConfig, tmp: Path) -> tuple[list[Target], list[dict[str, s
     for precision in config.engines:
         targets.append(_tensorrt_target(precision, config, train.in_channels))
     for path in config.artifacts:
-        fmt = by_suffix(path.suffix)
+        fmt = by_path(path)
         if fmt.name == "tensorrt":  # an engine's batch is bounded by its profile, checked at load
             targets.append(_engine_target(path, config, train.in_channels))
         else:
@@ -303,8 +307,10 @@ class _HalfPrecision(torch.nn.Module):
 def _format_target(fmt: Format, precision: str, config: BenchConfig, model_info: dict[str, Any]) -> Target:
     """A format's file of `precision` in the export folder, as `_file_target`."""
     kind = "cuda" if config.device.startswith("cuda") else "cpu"
+    if not fmt.devices:
+        raise Skip(f"not run: {fmt.usage}")
     if kind not in fmt.devices:
-        raise Skip(f"a {fmt.title} runs on {' or '.join(fmt.devices) or 'no device here'} only")
+        raise Skip(f"a {fmt.title} runs on {' or '.join(fmt.devices)} only")
     if not installed(fmt):
         raise Skip(f"{fmt.probe} is not installed" + (f" (pip install 'rcr-deploy[{fmt.extra}]')" if fmt.extra else ""))
     path = format_path(_artifact(config.out_dir, precision), fmt.name)
@@ -320,7 +326,7 @@ def _file_target(fmt: Format, path: Path, name: str, config: BenchConfig, model_
     manifest = require_usable(path, read_manifest(path, missing_ok=True))  # as infer, eval and serve accept it
     precision = manifest["precision"]
     miou = manifest_miou(manifest, precision)
-    onnx = path.with_suffix(".onnx")
+    onnx = format_sibling(path, fmt.name, ".onnx")
     in_shape = (1, model_info["in_channels"], config.size, config.size)
     return Target(
         name, fmt.backend, precision, "deploy",
@@ -442,8 +448,11 @@ def _compiling(target: Target) -> Iterator[None]:
 
 
 def _artifact_bytes(path: Path) -> int:
-    """On-disk size of a model: an OpenVINO IR is its `.xml` and the `.bin` that holds its weights."""
-    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    """On-disk size of a model: every file of its format (an OpenVINO IR's `.xml` and the `.bin`
+    that holds its weights), without the manifest."""
+    fmt = by_path(path)
+    files = format_files(path, fmt.name)[:-1] if fmt is not None and not fmt.folder else [path]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _result(loaded: _Loaded, config: BenchConfig, runs: list[LatencyStats]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ real images and timed against it in interleaved rounds.
     pip install pnnx ncnn
     python -m rcr_deploy.benchmarks.ncnn_study rcr-deploy-out --data ../shared/data/eg1800 --md benchmarks/results/ncnn-study.md
 
-`export --format ncnn` does not exist yet: this is the evidence for it (docs/targets/ncnn.md).
+The evidence `export --format ncnn` was built on (docs/targets/ncnn.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from rcr_deploy.errors import ExportError, RcrError
+from rcr_deploy.errors import ExportError, RcrError, VerificationError
 from rcr_deploy.fileio import atomic_path
 from rcr_deploy.reparam import CheckResult, Tolerance, compare
 from rcr_deploy.runtime import Runner
@@ -242,3 +242,19 @@ def validate(
         mask_agreement=agree / total if total else None,
         min_mask_agreement=min_mask_agreement,
     )
+
+
+def validated(runner: Runner, reference: Runner, inputs: dict[str, np.ndarray], bound: tuple[Tolerance, float], stage: str) -> Validation:
+    """`validate` for another format's file against an ONNX artifact, as stage `stage`, within
+    `bound` (tolerance, minimum mask agreement); `VerificationError` (exit 1) beyond it."""
+    tol, agreement = bound
+    result = validate(runner, reference, inputs, tol, agreement)
+    result.stage = stage
+    if not result:
+        s = result.summary()
+        name, ref = (Path(getattr(r, "path", r.name)).name for r in (runner, reference))
+        raise VerificationError(
+            f"{name} differs from {ref} on ONNX Runtime beyond tolerance: max abs {s['max_abs']:.3e} "
+            f"(rtol {tol.rtol}, atol {tol.atol}) on {s['worst']['input']}, mask agreement {s['mask_agreement']} (needs {agreement})"
+        )
+    return result

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from rcr_deploy.artifact import MANIFEST_METADATA_KEY, format_path, read_manifest, write_manifest
 from rcr_deploy.checkpoint import load_checkpoint
-from rcr_deploy.errors import BackendUnavailable, ExportError, RcrError, VerificationError
+from rcr_deploy.errors import BackendUnavailable, ExportError, RcrError
 from rcr_deploy.fileio import atomic_path, sha256_file
 from rcr_deploy.reparam import Tolerance, reparameterize
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -85,14 +85,20 @@ def _require() -> Any:
     return litert_torch
 
 
-def phone_model(onnx_fp32: Path, size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The checkpoint the ONNX artifact records (sha256 checked), in deploy form, rewritten for
-    phones and verified against the deploy form; returns it and the rewrite's check summary."""
+def recorded_deploy_form(onnx_fp32: Path) -> torch.nn.Module:
+    """The checkpoint the ONNX artifact records (sha256 checked), in deploy form: what a converter
+    that reads PyTorch, not ONNX, starts from (litert-torch here, coremltools)."""
     recorded = read_manifest(onnx_fp32)["checkpoint"]
     ckpt = load_checkpoint(Path(recorded["path"]))
     if ckpt.sha256 != recorded["sha256"]:
         raise RcrError(f"{recorded['path']}: changed since {onnx_fp32.name} was exported from it; export again")
-    deploy = ckpt.model.eval() if ckpt.form == "deploy" else reparameterize(ckpt.model)
+    return ckpt.model.eval() if ckpt.form == "deploy" else reparameterize(ckpt.model)
+
+
+def phone_model(onnx_fp32: Path, size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """`recorded_deploy_form`, rewritten for phones and verified against the deploy form; returns
+    it and the rewrite's check summary."""
+    deploy = recorded_deploy_form(onnx_fp32)
     phone, replaced = rewrite(deploy)
     check = verify_rewrite(deploy, phone, (size, size))
     check["replaced"] = replaced
@@ -216,17 +222,8 @@ def _quantization(d: dict[str, Any]) -> dict[str, float] | None:
 
 
 def _validated(path: Path, reference: OnnxRuntimeRunner, inputs: dict[str, np.ndarray], precision: str) -> onnx_export.Validation:
-    tol, agreement = TOLERANCES[precision]
     with TFLiteRunner(path, threads=2) as runner:
-        result = onnx_export.validate(runner, reference, inputs, tol, agreement)
-    result.stage = f"tflite-{precision}"
-    if not result:
-        s = result.summary()
-        raise VerificationError(
-            f"{path.name} differs from {reference.path.name} on ONNX Runtime beyond tolerance: max abs {s['max_abs']:.3e} "
-            f"(rtol {tol.rtol}, atol {tol.atol}) on {s['worst']['input']}, mask agreement {s['mask_agreement']} (needs {agreement})"
-        )
-    return result
+        return onnx_export.validated(runner, reference, inputs, TOLERANCES[precision], f"tflite-{precision}")
 
 
 def export_format(artifacts: dict[str, Path], job: FormatJob) -> tuple[dict[str, Path], list[dict[str, Any]]]:

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rcr_deploy.artifact import ARTIFACT_NAMES, format_path, read_manifest
+from rcr_deploy.artifact import ARTIFACT_NAMES, format_files, format_path, read_manifest
 from rcr_deploy.errors import RcrError
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.formats import FORMATS, Triton
@@ -105,7 +105,7 @@ def write_repository(
                     continue
                 name = "_".join([MODEL_NAME] + [fmt.name] * (fmt.name != "onnx") + [precision] * (precision != "fp32"))
                 manifest = read_manifest(main)
-                files = dict(zip(fmt.triton.files, (main.with_suffix(s) for s in fmt.suffixes)))
+                files = dict(zip(fmt.triton.files, format_files(main, fmt.name)))
                 _model(staging, name, files, manifest, model_config(name, manifest, max_batch, fmt.triton, instances))
         if not (staging / MODEL_NAME).is_dir():
             raise RcrError(f"{export_dir}: no {ARTIFACT_NAMES['fp32']} to put in a Triton repository; run 'rcr-deploy export' first")

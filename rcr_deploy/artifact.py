@@ -39,7 +39,7 @@ from typing import Any
 
 from rcr_deploy.errors import InternalError, ManifestError, RcrError
 from rcr_deploy.fileio import sha256_file, umask_mode, write_text_atomic
-from rcr_deploy.formats import FORMATS
+from rcr_deploy.formats import FORMATS, by_path
 
 #: Where `export` writes and where `bench`, `eval`, `infer` and `build` look by default.
 DEFAULT_OUT_DIR = Path("rcr-deploy-out")
@@ -72,7 +72,15 @@ def format_path(onnx_artifact: str | os.PathLike, fmt: str) -> Path:
     """An ONNX artifact's file in another format of the table (rcr_deploy.formats), beside it:
     `rcrnet-int8.onnx`, "openvino" -> `rcrnet-int8.xml`; a folder format's folder beside it."""
     row = FORMATS[fmt]
-    return Path(onnx_artifact).parent / row.folder if row.folder else Path(onnx_artifact).with_suffix(row.suffixes[0])
+    return Path(onnx_artifact).parent / row.folder if row.folder else format_sibling(onnx_artifact, "onnx", row.suffixes[0])
+
+
+def format_sibling(path: str | os.PathLike, fmt: str, suffix: str) -> Path:
+    """Another file of the same artifact beside `path`, a file of format `fmt`: its first suffix
+    swapped for `suffix` (`rcrnet-fp16.ncnn.param`, ".ncnn.bin" -> `rcrnet-fp16.ncnn.bin`).
+    Not `Path.with_suffix`, which sees only the last dot of `.ncnn.param`."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(FORMATS[fmt].suffixes[0]) + suffix)
 
 
 def format_files(path: Path, fmt: str) -> list[Path]:
@@ -80,7 +88,13 @@ def format_files(path: Path, fmt: str) -> list[Path]:
     manifest; a folder format's folder."""
     if FORMATS[fmt].folder:
         return [path]
-    return [path.with_suffix(s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
+    return [format_sibling(path, fmt, s) for s in FORMATS[fmt].suffixes] + [manifest_path(path)]
+
+
+def is_export_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is an export folder: a folder that is not itself a model of the format table
+    (a Core ML `.mlpackage` is a folder)."""
+    return Path(path).is_dir() and by_path(path) is None
 
 
 def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
@@ -88,7 +102,7 @@ def resolve(path: str | os.PathLike, precision: str = "fp32") -> Path:
 
     Raises `RcrError` (exit 2) for a folder that lacks it, naming the export command that makes it."""
     path = Path(path)
-    if not path.is_dir():
+    if not is_export_folder(path):
         return path
     artifact = path / ARTIFACT_NAMES[precision]
     if not artifact.is_file():

@@ -512,7 +512,7 @@ def bench(
     import os
     import shlex
 
-    from rcr_deploy.artifact import DEFAULT_OUT_DIR
+    from rcr_deploy.artifact import DEFAULT_OUT_DIR, is_export_folder
 
     if sizes is not None:
         from rcr_deploy.benchmarks import cpu_engines
@@ -541,8 +541,8 @@ def bench(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    folders = [p for p in artifacts or [] if p.is_dir()]
-    files = [p for p in artifacts or [] if not p.is_dir()]
+    folders = [p for p in artifacts or [] if is_export_folder(p)]
+    files = [p for p in artifacts or [] if not is_export_folder(p)]
     if len(folders) > 1:
         raise RcrError(f"bench takes one export folder, got {len(folders)}: {', '.join(map(str, folders))}; pass one")
     engines = [e.strip() for e in engine.split(",")] if engine else []

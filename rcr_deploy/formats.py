@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -48,13 +50,15 @@ class Format:
     #: How messages name one file of it.
     title: str
     #: Its files, beside the ONNX artifact they come from: `rcrnet-int8.onnx` -> `rcrnet-int8<suffix>`.
-    #: The first one is the file a user passes (and the manifest's `<file>.json` sits beside).
+    #: The first one is the file a user passes (and the manifest's `<file>.json` sits beside). A
+    #: suffix may hold several dots (`.ncnn.bin`), so that no two formats' files share a name.
     #: Empty for a format that is one folder of the export set (`folder`).
     suffixes: tuple[str, ...]
     precisions: tuple[str, ...]
     #: The runtime that runs it: the `--backend` name, the bench target family and report label.
     backend: str
-    #: Devices its runner takes ("cpu", "cuda"); empty where it cannot run on Linux at all.
+    #: Devices its runner takes ("cpu", "cuda"); empty where it cannot run on Linux at all (then
+    #: `usage` says where it runs, and bench reports its targets as not run).
     devices: tuple[str, ...]
     #: `module:function` that writes it from the ONNX artifacts (`export --format <name>`); None
     #: where the export chain makes it itself: ONNX, and TensorRT engines (`export --engine`, `build`).
@@ -167,6 +171,39 @@ FORMATS: dict[str, Format] = {
             manifest="tflite",
             usage="load it on Android or iOS with LiteRT: NHWC input, the prior as its last channel; see docs/targets/tflite.md",
         ),
+        Format(
+            name="ncnn",
+            title="ncnn model",
+            # Not `.param` / `.bin`: OpenVINO's weights are `rcrnet.bin` beside them.
+            suffixes=(".ncnn.param", ".ncnn.bin"),
+            # pnnx stores weights as float32 or float16 (compute is float32 on x86, fp16 where an ARM
+            # CPU has it); ncnn's INT8 needs its own calibration tools, outside the ncnn wheel.
+            precisions=("fp32", "fp16"),
+            backend="ncnn",
+            devices=("cpu",),  # ncnn's x86 kernels here; ARM NEON and Vulkan live on phones
+            exporter="rcr_deploy.exporters.ncnn:export_format",
+            runner="rcr_deploy.runtime.ncnn_runner:open_runner",
+            extra="ncnn",
+            probe="ncnn",
+            manifest="ncnn",
+            usage="load it on Android or iOS with ncnn's Net.load_param / load_model: blob in0 (NCHW, the prior as "
+            "channel 3) in, out0 logits out; see docs/targets/ncnn.md",
+        ),
+        Format(
+            name="coreml",
+            title="Core ML model",
+            suffixes=(".mlpackage",),
+            precisions=("fp32", "fp16"),
+            backend="coreml",
+            devices=(),  # Core ML predicts on macOS and iOS only: the export checks its program instead
+            exporter="rcr_deploy.exporters.coreml:export_format",
+            runner=None,
+            extra="coreml",
+            probe="coremltools",
+            manifest="coreml",
+            usage="Core ML predicts on macOS / iOS only, not on this machine: the export checked its program (ops, "
+            "names, shapes, precision), never its outputs; load it with MLModel, see docs/targets/coreml.md",
+        ),
     )
 }
 
@@ -186,9 +223,12 @@ def backends() -> tuple[str, ...]:
     return ("auto", "torch", *dict.fromkeys(f.backend for f in FORMATS.values() if f.runner and f.devices))
 
 
-def by_suffix(suffix: str) -> Format | None:
-    """The format whose files a user passes end in `suffix` (".xml"), or None."""
-    return next((f for f in FORMATS.values() if f.suffixes and f.suffixes[0] == suffix), None)
+def by_path(path: str | os.PathLike) -> Format | None:
+    """The format of a file a user passes, by how its name ends, or None. The longest suffix
+    wins, so that a format's suffix may hold several dots (`rcrnet.ncnn.param`)."""
+    name = Path(path).name
+    matches = [f for f in FORMATS.values() if f.suffixes and name.endswith(f.suffixes[0]) and len(name) > len(f.suffixes[0])]
+    return max(matches, key=lambda f: len(f.suffixes[0]), default=None)
 
 
 def by_backend(backend: str) -> Format | None:

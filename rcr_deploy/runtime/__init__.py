@@ -21,11 +21,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rcr_deploy.artifact import format_path, resolve
+from rcr_deploy.artifact import format_path, is_export_folder, resolve
 from rcr_deploy.checkpoint import default_checkpoint, load_checkpoint
 from rcr_deploy.errors import BackendUnavailable, InternalError, RcrError
 from rcr_deploy.reparam import reparameterize
-from rcr_deploy.formats import AUTO, FORMATS, Format, backends, by_backend, by_suffix, installed, load
+from rcr_deploy.formats import AUTO, FORMATS, Format, backends, by_backend, by_path, installed, load
 
 
 class Runner(abc.ABC):
@@ -120,12 +120,14 @@ def load_runner(
     if model is None or (Path(model).suffix == ".pt" and not Path(model).is_dir()):
         return _checkpoint_runner(default_checkpoint() if model is None else Path(model), device, hint, backend, threads, auto)
     path = Path(model)
-    if path.is_dir():
+    if is_export_folder(path):
         onnx = resolve(path)
         fmt = next((f for f in auto if f is not None and format_path(onnx, f.name).is_file()), FORMATS["onnx"])
         path = format_path(onnx, fmt.name)
     else:
-        fmt = by_suffix(path.suffix)
+        fmt = by_path(path)
+    if fmt is not None and not fmt.devices and fmt.usage:
+        raise RcrError(f"{path}: a {fmt.title}, not run: {fmt.usage}")
     if fmt is None or fmt.runner is None:
         runnable = ", ".join(f"{f.suffixes[0]} ({f.title})" for f in FORMATS.values() if f.runner)
         raise RcrError(f"{path}: not a model this tool runs here; pass a .pt checkpoint, an export folder or one of {runnable}")

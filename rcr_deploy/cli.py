@@ -303,6 +303,10 @@ def infer(
     server: Optional[str] = typer.Option(None, help="URL of a running 'rcr-deploy serve' to segment with instead of --model."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     size: Optional[int] = typer.Option(None, help="Model input size (a multiple of 32); default: the artifact's manifest, else 224.", callback=SIZE),
+    ray: bool = typer.Option(False, "--ray", help="Segment a folder of images on Ray workers (the 'serve' extra); the same files as without it."),
+    ray_address: Optional[str] = typer.Option(None, help="With --ray: join this Ray cluster (HOST:PORT, 'auto' or ray://...) instead of starting Ray here."),
+    replicas: Optional[int] = typer.Option(None, help="With --ray: model workers (Ray actors), each loading the model once; default 1.", callback=THREADS),
+    threads: Optional[int] = typer.Option(None, help="With --ray: the model's CPU threads per worker; default: the cores shared among the workers.", callback=THREADS),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
@@ -310,16 +314,28 @@ def infer(
 
     if server and (model is not None or size is not None or backend != "auto"):
         raise RcrError("--server with --model, --size or --backend: a server runs the model it was started with ('rcr-deploy serve MODEL'); drop them")
+    ray = ray or ray_address is not None
+    if not ray and (replicas is not None or threads is not None):
+        raise RcrError("--replicas and --threads set Ray's workers; add --ray (for a folder of images)")
+    if ray and server:
+        raise RcrError("--ray with --server: the server segments with its own replicas; drop one of them")
     remote = None
     if server:  # the serve package's client, chosen here so that the library never imports it
         from rcr_deploy.serve.client import RemoteSegmenter
 
         remote = functools.partial(RemoteSegmenter, server)
     out = out or DEFAULT_OUT_DIR / "infer"
-    result = run_infer(
-        source, model, out, save=save, background=background, feather=feather, prior=prior,
-        max_frames=frames, codec=codec, pipelined=pipeline, device=device, remote=remote, backend=backend, size=size,
-    )
+    if ray:
+        batch = _import_ray("rcr_deploy.serve.batch", "Ray")
+        result = batch.infer_folder(
+            source, model, out, save=save, background=background, feather=feather, max_frames=frames, pipelined=pipeline,
+            device=device, backend=backend, size=size, replicas=replicas or 1, threads=threads, address=ray_address, announce=console.print,
+        )
+    else:
+        result = run_infer(
+            source, model, out, save=save, background=background, feather=feather, prior=prior,
+            max_frames=frames, codec=codec, pipelined=pipeline, device=device, remote=remote, backend=backend, size=size,
+        )
     t = result.timings
     table = Table(title="where the time goes")
     table.add_column("stage")
@@ -362,16 +378,7 @@ def serve(
     """Serve the model over HTTP with Ray Serve: POST /segment, the Open Inference Protocol (/v2), GET /healthz, /readyz, /v1/model."""
     import time
 
-    from rcr_deploy.errors import BackendUnavailable
-
-    try:
-        from rcr_deploy.serve import app as serve_app
-    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise BackendUnavailable(
-            f"Ray Serve cannot be imported ({type(e).__name__}: {reason}); "
-            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
-        ) from e
+    serve_app = _import_ray("rcr_deploy.serve.app", "Ray Serve")
     console.print(f"starting Ray Serve: {replicas} replica(s), batches of up to {max_batch} (wait {batch_wait_ms:g} ms) ...")
     try:  # Ctrl-C while Ray starts also shuts down cleanly
         url = serve_app.start(
@@ -388,6 +395,22 @@ def serve(
         console.print("shutting down ...")
     finally:
         serve_app.stop()
+
+
+def _import_ray(module: str, what: str) -> Any:
+    """`module`, which imports Ray; one line (exit 2) where Ray cannot be imported."""
+    import importlib
+
+    from rcr_deploy.errors import BackendUnavailable
+
+    try:
+        return importlib.import_module(module)
+    except Exception as e:  # not only ImportError: protobuf's VersionError when a later install changed protobuf under Ray
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendUnavailable(
+            f"{what} cannot be imported ({type(e).__name__}: {reason}); "
+            "pip install 'rcr-deploy[serve,triton]' in one command (tritonclient pins protobuf<7)"
+        ) from e
 
 
 # ---- train

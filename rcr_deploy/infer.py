@@ -33,8 +33,8 @@ from tqdm import tqdm
 from rcr_deploy import preprocess
 from rcr_deploy.artifact import require_usable
 from rcr_deploy.errors import DataError, RcrError
-from rcr_deploy.fileio import output_dir, regular_file
-from rcr_deploy.postprocess import OUTPUTS, Background, compose, foreground_prob, hard_mask, matte, unletterbox, write_png
+from rcr_deploy.fileio import output_dir, regular_file, write_bytes_atomic
+from rcr_deploy.postprocess import OUTPUTS, Background, compose, encode_png, foreground_prob, hard_mask, matte, unletterbox
 from rcr_deploy.runtime import Runner, load_runner
 from rcr_deploy.video import VIDEO_EXTENSIONS, VideoSource, VideoWriter
 
@@ -322,8 +322,12 @@ class ImageSink:
         self.written: list[Path] = []
 
     def write(self, frame: Frame) -> None:
-        for mode, picture in frame.pictures.items():
-            self.written.append(write_png(self.out_dir / f"{frame.name}_{mode}.png", picture))
+        self.write_encoded(frame.name, {mode: encode_png(picture) for mode, picture in frame.pictures.items()})
+
+    def write_encoded(self, name: str, pngs: dict[str, bytes]) -> None:
+        """Pictures already PNG-encoded (by a Ray worker, `infer --ray`): the same files and bytes."""
+        for mode, data in pngs.items():
+            self.written.append(write_bytes_atomic(self.out_dir / f"{name}_{mode}.png", data))
 
     def commit(self) -> list[Path]:
         return self.written
@@ -439,17 +443,21 @@ def output_names(paths: list[Path]) -> list[str]:
     return [p.name if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-class _FolderImages:
+class FolderImages:
     """The images of a folder; an unreadable one is skipped and remembered, so that the others
-    are still segmented and written before the error is reported."""
+    are still segmented and written before the error is reported. `names` and `sources` serve a
+    Ray worker, which gets a part of the folder (named as in the whole) as bytes: `sources` are
+    then streams whose `name` is the file's path, so that an error names the file."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], names: list[str] | None = None, sources: list[Any] | None = None) -> None:
         self.paths, self.skipped = paths, []
+        self.names = names or output_names(paths)
+        self.sources = sources or paths
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name, p in zip(output_names(self.paths), self.paths):
+        for name, source in zip(self.names, self.sources):
             try:
-                rgb = preprocess.load_image(p)
+                rgb = preprocess.load_image(source)
             except DataError as e:
                 self.skipped.append(e)
                 continue
@@ -492,11 +500,11 @@ def infer(
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None
     kind, what = classify_input(source)
-    folder: _FolderImages | None = None
+    folder: FolderImages | None = None
     if kind == "image":  # read now, so a bad image fails before the model loads
         frames: Iterable[tuple[str, np.ndarray]] = [(what.stem, preprocess.load_image(what))]
     elif kind == "folder":
-        frames = folder = _FolderImages(what[:max_frames])
+        frames = folder = FolderImages(what[:max_frames])
     if kind in ("image", "folder"):
         sink: Sink = ImageSink(Path(out_dir), modes)
         total, use_prior = len(folder.paths) if folder else 1, False  # still images: the prior channel stays zeros

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from rcr_deploy.errors import DataError, RcrError
-from rcr_deploy.fileio import atomic_path
+from rcr_deploy.fileio import write_bytes_atomic
 from rcr_deploy.preprocess import Letterbox, load_image
 
 #: Foreground probability above which a pixel counts as person.
@@ -125,7 +125,4 @@ def encode_png(picture: np.ndarray) -> bytes:
 
 def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
     """Write an RGB, RGBA or grey picture as PNG, atomically."""
-    data = encode_png(picture)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    return write_bytes_atomic(path, encode_png(picture))

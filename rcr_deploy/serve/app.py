@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import traceback
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 
 from rcr_deploy.errors import RcrError
 from rcr_deploy.serve import v2
+from rcr_deploy.serve.cluster import check_model, start_ray, threads_per_worker
 from rcr_deploy.serve.protocol import (
     BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, MAX_SESSIONS, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S,
     SESSION_HEADER, SESSION_IDLE_S, RequestError, choose_output, decode_image, encode_result, error_body,
@@ -270,25 +270,15 @@ def start(
     `Retry-After: 1`. A request not answered within `request_timeout_s` gets 408.
     `v2_name` is the model's name in the Open Inference Protocol; `cors_origins` the browser
     origins allowed to call it; `max_sessions` the video sessions each replica keeps."""
-    from rcr_deploy.infer import Segmenter
-    from rcr_deploy.runtime import load_runner
-
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0 or max_queued < 1 or request_timeout_s <= 0:
         raise RcrError("--replicas, --max-batch and --max-queued must be at least 1, --batch-wait-ms at least 0 and --request-timeout-s above 0")
-    model_arg = None if model is None else str(Path(model).resolve())  # replicas may run elsewhere
-    with load_runner(model_arg, backend=backend) as runner:
-        Segmenter(runner)  # infer's checks of the artifact, so serve accepts the models infer and eval do
-        runner.prepare()  # a first conversion happens once, here, not in every replica
+    model_arg = check_model(model, backend=backend)
     check_port_free(host, port)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a local server
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    start_ray()
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     logger.setLevel(logging.WARNING)  # the CLI prints its own progress and URL lines
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s}, logging_config=quiet)
-    threads = threads or max(1, (os.cpu_count() or 1) // replicas)
+    threads = threads_per_worker(threads, replicas)
     app = Segment.options(
         num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
         graceful_shutdown_timeout_s=request_timeout_s,

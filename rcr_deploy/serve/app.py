@@ -31,7 +31,7 @@ from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from rcr_deploy.errors import RcrError
 from rcr_deploy.serve import v2

@@ -42,7 +42,7 @@ from rcr_deploy.serve.protocol import (
 )
 from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
 from rcr_deploy.serve.prometheus import ReplicaMetrics
-from rcr_deploy.serve.service import Item, SegmentService
+from rcr_deploy.serve.service import Item, SegmentService, default_threads
 
 APP_NAME = "rcr-deploy"
 logger = logging.getLogger("ray.serve")
@@ -288,7 +288,7 @@ def start(
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     logger.setLevel(logging.WARNING)  # the CLI prints its own progress and URL lines
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s}, logging_config=quiet)
-    threads = threads or max(1, (os.cpu_count() or 1) // replicas)
+    threads = threads or default_threads(replicas)
     app = Segment.options(
         num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
         graceful_shutdown_timeout_s=request_timeout_s,

@@ -43,6 +43,11 @@ def batch_buckets(max_batch: int) -> list[int]:
     return sorted(set(sizes) | {max_batch})
 
 
+def default_threads(replicas: int) -> int:
+    """`serve --threads`'s default: the machine's cores shared out among the replicas."""
+    return max(1, (os.cpu_count() or 1) // replicas)
+
+
 def bucket(n: int, buckets: list[int]) -> int:
     """The smallest compiled batch size that holds n frames."""
     return next(b for b in buckets if b >= n)

@@ -1,300 +1,232 @@
-"""How much of the model's own throughput survives serving? `rcr-deploy serve` under load on localhost.
+"""`rcr-deploy serve` under load, as an operator would measure it: the server with its defaults.
 
-    python -m rcr_deploy.benchmarks.serve [--model M] [--requests 200] [--seconds 15] [--concurrency 1,4,16]
-                                          [--configs 1x1,1x8,2x1,2x8]
+    python -m rcr_deploy.benchmarks.serve            # the recording: about 10 min on an idle 2-core machine
+    python -m rcr_deploy.benchmarks.serve --quick    # a smoke run: short cells, 224x224 only; writes serve-<machine>-quick.*
 
-Each config (REPLICASxMAX_BATCH; max batch 1 = batching off) gets a fresh server on 127.0.0.1.
-At each concurrency, that many client threads (one keep-alive connection each) POST the built-in
-sample portrait (320x240 PNG) until `--requests` have been sent or `--seconds` have passed, and
-latency (send to last byte), throughput, errors and the batch sizes the replicas report are
-recorded, with the CPU time the server's processes spent per image. Just before each config's
-server starts, the bare runner is timed at that config's max batch, with the replicas' torch
-threads, on the same image preprocessed, so "served / bare" compares like with like. On a busy
-machine wall-clock ratios swing with the other work; the CPU-time ratio holds. The client
-threads run on the same machine as the server and take their share of its cores.
+The server is `rcr-deploy serve` in a subprocess with its own defaults (the default backend,
+every batch size compiled at start, load shedding on), on 127.0.0.1. For each image size
+(224x224, 640x480, 1920x1080, made from the built-in sample portrait) and each number of clients
+(1, 4, 16, 64), the project's Python clients send for a warm-up and `--seconds`, then Debian's
+`hey` for as long (where hey is installed). Each cell records throughput,
+p50/p90/p99, 503s apart from failures, the server's CPU time per image and the mean batch. Then
+an overload run (twice the requests the server holds and queues) checks that excess load is shed
+with fast 503s, a replica is killed with 1 and with 2 replicas (serve_faults.py), and the server
+gets SIGTERM under load. The bare baseline is the same per-request work in this process: decode,
+letterbox, model, un-letterbox, encode. issue 21's targets are checked against the figures
+(serve_report.py).
 
-Results: benchmarks/results/serve-<machine>.json, .md and .png. Traffic goes only to 127.0.0.1.
+Results: benchmarks/results/serve-<machine>.json, .md and .png (with `--quick`: serve-<machine>-quick.*).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
+import inspect
 import json
 import os
-import threading
+import shlex
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind
+from rcr_deploy.benchmarks.machine import RESULTS, _version, machine_info, machine_kind
+from rcr_deploy.benchmarks.serve_faults import kill_run, sigterm_run
+from rcr_deploy.benchmarks.serve_load import (
+    Server, describe, free_port, hey_version, make_image, mean_batch, parse_size, run_clients, run_hey, summarize, tree_cpu_s,
+)
+from rcr_deploy.benchmarks.serve_report import checks, plot, to_markdown
 from rcr_deploy.benchmarks.stats import LatencyStats
-from rcr_deploy.fileio import atomic_path, write_text_atomic
 from rcr_deploy.data import SAMPLE_IMAGE
-from rcr_deploy.infer import Segmenter
+from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.preprocess import load_image
-from rcr_deploy.runtime import load_runner
-from rcr_deploy.serve.protocol import BATCH_HEADER
+from rcr_deploy.serve.protocol import decode_image, encode_result
+from rcr_deploy.serve.cluster import threads_per_worker
+from rcr_deploy.serve.service import Item, SegmentService
 
-HOST = "127.0.0.1"  # never anything else: this sends load
-
-
-def server_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by every live process this one started: Ray's
-    services, Serve's proxy and controller, the replicas (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
-        except OSError:  # it exited meanwhile
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, grew = {os.getpid()}, True
-    while grew:
-        added = {p for p, parent in parents.items() if parent in tree} - tree
-        tree |= added
-        grew = bool(added)
-    return sum(cpu[p] for p in tree - {os.getpid()})
+FULL = {"clients": "1,4,16,64", "images": "224x224,640x480,1920x1080", "seconds": 8.0, "kill_replicas": "1,2"}
+QUICK = {"clients": "4,64", "images": "224x224", "seconds": 2.0, "kill_replicas": "1"}
+FAULT_CLIENTS = 8  # the kill and SIGTERM runs' steady load (issue 21 saw all 8 in flight fail)
 
 
-def load(port: int, body: bytes, concurrency: int, requests: int, seconds: float) -> dict[str, Any]:
-    """`concurrency` threads send `body` until `requests` are sent or `seconds` pass."""
-    lock = threading.Lock()
-    sent = [0]
-    latencies: list[int] = []
-    batches: list[int] = []
-    errors: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
+def serve_defaults() -> dict[str, Any]:
+    """`rcr-deploy serve`'s defaults, read from the command itself, so the report cannot drift from it."""
+    from rcr_deploy import cli
 
-    def worker() -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        while time.monotonic() < deadline:
-            with lock:
-                if sent[0] >= requests:
-                    break
-                sent[0] += 1
-            t0 = time.perf_counter_ns()
-            try:
-                conn.request("POST", "/segment", body, {"Content-Type": "image/png"})
-                r = conn.getresponse()
-                r.read()
-                ok, why, batch = r.status == 200, f"HTTP {r.status}", r.getheader(BATCH_HEADER)
-            except (OSError, http.client.HTTPException) as e:
-                ok, why, batch = False, type(e).__name__, None
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, port, timeout=60)
-            dt = time.perf_counter_ns() - t0
-            with lock:
-                if ok:
-                    latencies.append(dt)
-                    batches.append(int(batch or 1))
-                else:
-                    errors[why] = errors.get(why, 0) + 1
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    cpu0, start = server_cpu_s(), time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, cpu = time.perf_counter() - start, server_cpu_s() - cpu0
-    stats = LatencyStats.from_ns(latencies, 1) if latencies else None
-    return {
-        "concurrency": concurrency,
-        "ok": len(latencies),
-        "errors": errors,
-        "wall_s": wall,
-        "throughput_ips": len(latencies) / wall,
-        "p50_ms": stats.p50_ms if stats else None,
-        "p90_ms": stats.p90_ms if stats else None,
-        "p99_ms": stats.p99_ms if stats else None,
-        "mean_batch": float(np.mean(batches)) if batches else None,
-        "server_cpu_ms_per_img": 1000.0 * cpu / len(latencies) if latencies else None,
-    }
+    params = inspect.signature(cli.serve).parameters
+    keys = ("replicas", "max_batch", "batch_wait_ms", "max_queued", "request_timeout_s", "backend", "threads")
+    return {k: getattr(params[k].default, "default", params[k].default) for k in keys}
 
 
-def bare(model: str | None, batch: int, threads: int, seconds: float) -> dict[str, Any]:
-    """The runner alone on the preprocessed sample: images/s at one batch size."""
-    torch.set_num_threads(threads)
-    segmenter = Segmenter(load_runner(model))
-    resized, box = segmenter.letterbox(load_image(SAMPLE_IMAGE))
-    x = segmenter.model_input(resized, box, None)
-    xb = np.repeat(x, batch, axis=0)
-    for _ in range(3):
-        segmenter.runner.infer(xb)
-    samples, end, cpu0 = [], time.monotonic() + seconds, time.process_time()
-    while time.monotonic() < end or len(samples) < 5:
-        t0 = time.perf_counter_ns()
-        segmenter.runner.infer(xb)
-        samples.append(time.perf_counter_ns() - t0)
-    cpu_ms = 1000.0 * (time.process_time() - cpu0) / (batch * len(samples))
-    s = LatencyStats.from_ns(samples, batch)
-    return {"batch": batch, "iterations": s.iterations, "p50_ms": s.p50_ms, "throughput_ips": float(s.throughput_ips), "cpu_ms_per_img": cpu_ms}
-
-
-def measure(
-    model: str | None, configs: list[tuple[int, int]], concurrency: list[int], requests: int, seconds: float, port: int, threads: int
-) -> dict[str, Any]:
-    from rcr_deploy.serve import app
-
-    body = SAMPLE_IMAGE.read_bytes()
-    load_start = list(os.getloadavg())
+def bare(model: str | None, backend: str, threads: int, max_batch: int, bodies: dict[str, bytes], seconds: float) -> list[dict[str, Any]]:
+    """Each image's per-request work without Ray or HTTP, at batch 1 and at the max batch: the
+    server's decode, `SegmentService.segment` (letterbox, model, un-letterbox; the replica's
+    class, compiled for the same batch sizes) and the server's mask encoding."""
+    torch.set_num_threads(threads)  # as each replica does
+    service = SegmentService(model, backend=backend, threads=threads, max_batch=max_batch)
     rows = []
-    with tqdm(total=len(configs) * len(concurrency), desc="serve load test", unit="cell") as bar:
-        for replicas, max_batch in configs:
-            # Timed just before each server, so drift on a shared machine hits both alike.
-            reference = bare(model, max_batch, threads, min(seconds, 5.0))
-            app.start(model, replicas=replicas, max_batch=max_batch, port=port, threads=threads)
-            try:
-                load(port, body, 2 * replicas, 4 * replicas, 30.0)  # warm every replica
-                for c in concurrency:
-                    cell = load(port, body, c, requests, seconds)
-                    cell.update(replicas=replicas, max_batch=max_batch, threads_per_replica=threads)
-                    cell["bare"] = reference
-                    cell["served_vs_bare"] = cell["throughput_ips"] / reference["throughput_ips"]
-                    cell["cpu_efficiency"] = reference["cpu_ms_per_img"] / cell["server_cpu_ms_per_img"] if cell["ok"] else None
-                    rows.append(cell)
-                    bar.update()
-            finally:
-                app.stop()
-    return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(threads),
-        "load_average_start": load_start,
-        "load_average_end": list(os.getloadavg()),
-        "versions": {"ray": _version("ray")},
-        "model": load_runner(model).name,
-        "image": {"file": SAMPLE_IMAGE.name, "size": list(load_image(SAMPLE_IMAGE).shape[:2]), "bytes": len(body)},
-        "settings": {"requests": requests, "seconds": seconds, "batch_wait_ms": 5.0, "concurrency": concurrency, "host": HOST},
-        "rows": rows,
-        "command": "python -m rcr_deploy.benchmarks.serve",
-    }
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-
     try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+        for name, body in bodies.items():
+            for batch in sorted({1, max_batch}):
+                _bare_call(service, body, batch)  # first call: buffers of this size
+                samples, end, cpu0 = [], time.monotonic() + seconds, time.process_time()
+                while time.monotonic() < end or len(samples) < 3:
+                    t0 = time.perf_counter_ns()
+                    _bare_call(service, body, batch)
+                    samples.append(time.perf_counter_ns() - t0)
+                s = LatencyStats.from_ns(samples, batch)
+                cpu_ms = 1000.0 * (time.process_time() - cpu0) / (batch * len(samples))
+                rows.append({"image": name, "batch": batch, "iterations": s.iterations, "p50_ms": s.p50_ms,
+                             "throughput_ips": s.throughput_ips, "cpu_ms_per_img": cpu_ms, "model": service.runner.name})
+    finally:
+        service.runner.close()
+    return rows
 
 
-def to_markdown(result: dict[str, Any]) -> str:
-    m, s = result["machine"], result["settings"]
-    load_1m = result["load_average_end"][0]
-    lines = [
-        f"# rcr-deploy serve under load ({m['cpu']}, {m['cores']} cores)",
-        "",
-        f"{result['created']}; model `{result['model']}`; Ray {result['versions']['ray']}, torch {m['versions'].get('torch')}; "
-        f"image {result['image']['file']} ({result['image']['size'][1]}x{result['image']['size'][0]}, {result['image']['bytes']} B PNG); "
-        f"each cell: up to {s['requests']} requests or {s['seconds']:g} s; batch wait {s['batch_wait_ms']:g} ms; "
-        f"client threads on the same machine.",
-        "",
-        f"**The machine was loaded**: 1-minute load average {result['load_average_start'][0]:.1f} at the start and {load_1m:.1f} at the end "
-        f"on {m['cores']} cores (shared with a training job and other work). Absolute figures are low and noisy; "
-        "the ratios within this run mean more. Regenerate with `python -m rcr_deploy.benchmarks.serve`.",
-        "",
-        f"Each replica and the bare runner use {m['threads']} torch thread(s). The bare runner is timed on the preprocessed "
-        "image at the config's max batch just before that config's server starts.",
-        "",
-        "| replicas | max batch | concurrency | ok | errors | img/s | p50 ms | p90 ms | p99 ms | mean batch | bare img/s | served / bare "
-        "| server CPU ms/img | bare CPU ms/img | CPU: bare / server |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["rows"]:
-        errors = sum(r["errors"].values())
-        lat = [f"{r[k]:.0f}" if r[k] is not None else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
-        lines.append(
-            f"| {r['replicas']} | {r['max_batch']} | {r['concurrency']} | {r['ok']} | {errors} | {r['throughput_ips']:.1f} | "
-            + " | ".join(lat) + f" | {r['mean_batch'] or 0:.1f} | {r['bare']['throughput_ips']:.1f} | {r['served_vs_bare']:.0%} "
-            f"| {r['server_cpu_ms_per_img'] or 0:.1f} | {r['bare']['cpu_ms_per_img']:.1f} | {r['cpu_efficiency'] or 0:.0%} |"
-        )
-    lines += ["", "served / bare: served images/s over the bare runner's images/s at the config's max batch "
-              "(the bare runner does no decoding, letterboxing, PNG encoding or HTTP). Server CPU ms/img: CPU time "
-              "of every server process (Ray, proxy, controller, replicas; not the client threads) per answered image; "
-              "CPU: bare / server is the share of the server's CPU time that the model itself needs. CPU time depends "
-              "less than wall time on what else the machine runs, but still moves with it (shared caches, memory "
-              f"bandwidth): the bare runner's CPU ms/img ranged over {_spread(result)} in this run."]
-    if min(result["load_average_start"][0], load_1m) > m["cores"]:
-        lines += ["", "With more runnable processes than cores, the kernel shares CPU time per process: the server "
-                  "(proxy, replicas, client threads) gets a larger share of the machine than the one-process bare runner, "
-                  "so served / bare above 100 % reflects that share, not a real gain. On an idle machine the ratio is the "
-                  "serving overhead."]
-    lines.append("")
-    return "\n".join(lines)
+def _bare_call(service: SegmentService, body: bytes, batch: int) -> None:
+    """`batch` requests' work, as a replica does it for one model call of that size."""
+    rgbs = [decode_image(body, "image/png") for _ in range(batch)]
+    for rgb, prob in zip(rgbs, service.segment([Item(rgb) for rgb in rgbs])):
+        encode_result(rgb, service.segmenter.alpha(prob), "mask", {})
 
 
-def _spread(result: dict[str, Any]) -> str:
-    """The range of the bare runner's CPU ms/img at each batch size, e.g. '16.0-25.9 at batch 1'."""
-    parts = []
-    for batch in sorted({r["bare"]["batch"] for r in result["rows"]}):
-        cpu = [r["bare"]["cpu_ms_per_img"] for r in result["rows"] if r["bare"]["batch"] == batch]
-        parts.append(f"{min(cpu):.1f}-{max(cpu):.1f} at batch {batch}")
-    return ", ".join(parts)
+def cell(server: Server, image: str, body: bytes, body_file: Path, clients: int, warm_s: float, seconds: float,
+         use_hey: bool) -> list[dict[str, Any]]:
+    """One image and client count: the Python clients, then hey, each for `warm_s` + `seconds`.
+    The server's CPU time and batch sizes are read over each generator's whole run."""
+    rows = []
+    for generator in ("python", "hey") if use_hey else ("python",):
+        stats0, cpu0 = server.stats(), tree_cpu_s(server.proc.pid)
+        if generator == "python":
+            answers, window = run_clients(server.port, body, clients, warm_s, seconds)
+        else:
+            answers, window = run_hey(f"{server.url}/segment", body_file, clients, warm_s, seconds)
+        cpu, stats1 = tree_cpu_s(server.proc.pid) - cpu0, server.stats()
+        origin = window[0] - warm_s  # the generator's start
+        row = {"image": image, "clients": clients, "generator": generator, **summarize(answers, window, origin)}
+        row["server_cpu_ms_per_img"] = 1000.0 * cpu / row["ok"] if row["ok"] else None
+        row["mean_batch"] = mean_batch(stats0["batch_sizes"], stats1["batch_sizes"])
+        row["compiles_since"] = stats1["compiles"]["since"] - stats0["compiles"]["since"]
+        rows.append(row)
+    return rows
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    began, created = time.monotonic(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    load_start = list(os.getloadavg())
+    defaults = serve_defaults()
+    backend = args.backend or defaults["backend"]
+    threads = args.threads or threads_per_worker(defaults["threads"], defaults["replicas"])
+    server_args = [*([args.model] if args.model else []), *(["--backend", args.backend] if args.backend else []),
+                   *(["--threads", str(args.threads)] if args.threads else [])]
+    sizes = [parse_size(s) for s in args.images.split(",")]
+    source = load_image(SAMPLE_IMAGE)
+    bodies = {f"{w}x{h}": make_image(source, w, h) for w, h in sizes}
+    clients = [int(c) for c in args.clients.split(",")]
+    kill_replicas = [int(r) for r in args.kill_replicas.split(",") if r]
+    hey = hey_version() if args.hey else None
+    capacity = defaults["replicas"] * 2 * defaults["max_batch"] + defaults["max_queued"]  # held + queued (app.start)
+    overload = 2 * capacity
+    fault_image = next(iter(bodies))
+    warm_s = max(1.0, min(2.0, args.seconds / 4))  # not counted: connections, the first queue filling
+    steps = len(bodies) + 1 + len(bodies) * len(clients) + 1 + len(kill_replicas) + args.sigterm
+    result: dict[str, Any] = {"rows": [], "overload": [], "kill": [], "sigterm": None}
+    with tempfile.TemporaryDirectory(prefix="rcr-serve-bench-") as tmp, tqdm(total=steps, desc="serve load test", unit="step") as bar:
+        files = {}
+        for name, body in bodies.items():
+            files[name] = Path(tmp) / f"{name}.png"
+            files[name].write_bytes(body)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        def step(what: str) -> None:
+            bar.set_postfix_str(what)
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    configs = sorted({(r["replicas"], r["max_batch"]) for r in result["rows"]})
-    for replicas, max_batch in configs:
-        rows = [r for r in result["rows"] if (r["replicas"], r["max_batch"]) == (replicas, max_batch)]
-        label = f"{replicas} replica{'s' if replicas > 1 else ''}, max batch {max_batch}"
-        ax1.plot([r["concurrency"] for r in rows], [r["throughput_ips"] for r in rows], "o-", label=label)
-        ax2.plot([r["concurrency"] for r in rows], [r["p99_ms"] or np.nan for r in rows], "o-", label=label)
-    for batch in sorted({r["bare"]["batch"] for r in result["rows"]}):
-        ips = float(np.mean([r["bare"]["throughput_ips"] for r in result["rows"] if r["bare"]["batch"] == batch]))
-        ax1.axhline(ips, ls="--", lw=0.8, color="grey")
-        ax1.annotate(f"bare runner, batch {batch} (mean of its timings)", (1, ips), fontsize=7, color="grey", va="bottom")
-    for ax, title in ((ax1, "throughput (images/s)"), (ax2, "p99 latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(result["settings"]["concurrency"], [str(c) for c in result["settings"]["concurrency"]])
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax1.legend(fontsize=7)
-    fig.suptitle(f"rcr-deploy serve, {result['machine']['cores']} cores (loaded, see the .md)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+        step("bare runs")
+        result["bare"] = bare(args.model, backend, threads, defaults["max_batch"], bodies, min(args.seconds, 4.0))
+        bar.update(len(bodies))
+        step("starting the server")
+        port = args.port or free_port()
+        server = Server(port, Path(tmp) / "serve.log", server_args)
+        try:
+            bar.update()
+            for name, body in bodies.items():
+                run_clients(port, body, 4, 0.0, warm_s)  # first requests of a size: buffers, connections
+                for c in clients:
+                    step(f"{name}, {c} clients")
+                    result["rows"] += cell(server, name, body, files[name], c, warm_s, args.seconds, hey is not None)
+                    bar.update()
+            step(f"overload: {overload} clients")
+            rows = cell(server, fault_image, bodies[fault_image], files[fault_image], overload, warm_s, args.seconds, hey is not None)
+            result["overload"] = [{**r, "overload": True} for r in rows]
+            bar.update()
+            # The default server's runs first, its kill run then SIGTERM (which ends it); then any
+            # other replica count on a server of its own: two server starts in all.
+            started = {"model": server.model, "start_s": server.start_s}
+            fault = (bodies[fault_image], FAULT_CLIENTS, max(3.0, args.seconds))
+            if defaults["replicas"] in kill_replicas:
+                step(f"kill: {defaults['replicas']} replica(s)")
+                result["kill"].append(kill_run(server, *fault))
+                bar.update()
+            if args.sigterm:
+                step("SIGTERM")
+                result["sigterm"] = {**sigterm_run(server, *fault), "after_kill_run": defaults["replicas"] in kill_replicas}
+                bar.update()
+            for replicas in [r for r in kill_replicas if r != defaults["replicas"]]:
+                step(f"kill: {replicas} replica(s)")
+                server.stop()
+                server = Server(port, Path(tmp) / f"serve-{replicas}.log", [*server_args, "--replicas", str(replicas)])
+                result["kill"].append(kill_run(server, *fault))
+                bar.update()
+        finally:
+            server.stop()
+    for r in result["rows"] + result["overload"]:
+        ref = next(b for b in result["bare"] if b["image"] == r["image"] and b["batch"] == 1)
+        r["served_vs_bare"] = r["throughput_ips"] / ref["throughput_ips"]
+        r["cpu_bare_vs_server"] = ref["cpu_ms_per_img"] / r["server_cpu_ms_per_img"] if r["server_cpu_ms_per_img"] else None
+    result.update(
+        created=created, quick=args.quick, duration_s=time.monotonic() - began,
+        command=shlex.join(["python", "-m", "rcr_deploy.benchmarks.serve", *sys.argv[1:]]),
+        machine=machine_info(threads), load_average_start=load_start, load_average_end=list(os.getloadavg()),
+        versions={"ray": _version("ray"), "openvino": _version("openvino"), "hey": hey if args.hey else "skipped (--no-hey)"},
+        server={**defaults, "threads_per_replica": threads, "args": server_args, **started},
+        images={k: describe(b) for k, b in bodies.items()},
+        settings={"seconds": args.seconds, "warm_s": warm_s, "clients": clients, "overload_clients": overload, "fault_clients": FAULT_CLIENTS,
+                  "fault_image": fault_image, "host": "127.0.0.1"},
+    )
+    result["checks"] = checks(result)
+    return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="checkpoint, artifact or export folder; default: the built-in model")
-    parser.add_argument("--requests", type=int, default=200, help="most requests per cell")
-    parser.add_argument("--seconds", type=float, default=15.0, help="most seconds per cell")
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--configs", default="1x1,1x8,2x1,2x8", help="REPLICASxMAX_BATCH, comma-separated")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the bare runner and of each replica (1: OpenMP spin-waits cost 10x on a loaded machine)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK} unless given; writes serve-<machine>-quick.*")
+    parser.add_argument("--clients", help=f"concurrent clients per cell (default {FULL['clients']})")
+    parser.add_argument("--images", help=f"image sizes, WIDTHxHEIGHT (default {FULL['images']})")
+    parser.add_argument("--seconds", type=float, help=f"seconds per cell and load generator (default {FULL['seconds']:g})")
+    parser.add_argument("--kill-replicas", help=f"replica counts of the kill runs ('' for none; default {FULL['kill_replicas']})")
+    parser.add_argument("--no-sigterm", dest="sigterm", action="store_false", help="skip the SIGTERM run")
+    parser.add_argument("--no-hey", dest="hey", action="store_false", help="the Python clients only, even where hey is installed")
+    parser.add_argument("--model", default=None, help="passed to serve (default: its built-in model)")
+    parser.add_argument("--backend", default=None, help="passed to serve (default: its default, the fastest installed)")
+    parser.add_argument("--threads", type=int, default=None, help="passed to serve (default: its default, cores / replicas)")
+    parser.add_argument("--port", type=int, default=0, help="the server's port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    result = measure(args.model, configs, concurrency, args.requests, args.seconds, args.port, args.threads)
-    stem = args.out / f"serve-{machine_kind(result['machine'])}"
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    result = measure(args)
+    stem = args.out / f"serve-{machine_kind(result['machine'])}{'-quick' if args.quick else ''}"
     write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     write_text_atomic(stem.with_suffix(".md"), to_markdown(result))
     plot(result, stem.with_suffix(".png"))
     print(to_markdown(result))
+    if result["versions"]["hey"] is None:
+        print("hey is not installed: only the Python clients ran; apt-get install hey for the outside load generator")
     print(f"wrote {stem}.json, .md and .png")
 
 

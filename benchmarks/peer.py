@@ -25,6 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rcr_deploy.errors import BackendUnavailable
+from rcr_deploy.fileio import native_stderr_silenced
+from rcr_deploy.runtime.tflite_runner import require_litert
 from rcr_deploy.metrics import IoUMeter
 from rcr_deploy.data.augment import reframe as reframed
 from rcr_deploy.data.folder import list_pairs, load_pair
@@ -50,13 +52,11 @@ class SelfieSegmenter:
     """The `.tflite` on LiteRT's interpreter, batch 1."""
 
     def __init__(self, model: str | os.PathLike | None = None, threads: int = 2) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise BackendUnavailable(f"LiteRT is not installed; {INSTALL}") from None
+        interpreter_class = require_litert()
         self.path = Path(model) if model else find_model()
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-        self._interpreter.allocate_tensors()
+        with native_stderr_silenced():
+            self._interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._sample = np.zeros((1, SIZE, SIZE, 3), np.float32)

@@ -640,10 +640,10 @@ def eval_(
     named = sources([str(d) for d in data])
     if len(named) > 1 and split and Path(split).is_file():
         raise RcrError(f"--split {split}: a file of ids needs a single --data; several datasets use train, val or all")
-    mediapipe = _peer_or_none(peer_mod) if peer else None
     rows, pictures = [], {}
     with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
         size = Segmenter(runner, size=size).size  # infer's checks of the artifact and --size, so both accept the same models
+        mediapipe = _peer_or_none(peer_mod) if peer else None  # after the model's checks: a refused model loads no peer
         for src in named:
             report = evaluate(runner, src.root, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
             row = {"name": src.name, **{k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}}

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 class RcrError(Exception):
@@ -32,6 +33,16 @@ class ManifestError(RcrError):
 
 class BackendUnavailable(RcrError):
     """A backend (TensorRT, CUDA, onnxruntime provider) that this machine does not have."""
+
+
+def require(module: str, what: str, extra: str) -> Any:
+    """`module`, imported, or `BackendUnavailable` saying that `what` is missing and which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackendUnavailable(f"{what} is not installed; pip install 'rcr-deploy[{extra}]'") from None
 
 
 class VerificationError(Exception):

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from rcr_deploy.errors import DataError, RcrError
-from rcr_deploy.fileio import output_dir, write_error
+from rcr_deploy.fileio import native_stderr_silenced, output_dir, write_error
 from rcr_deploy.metrics import image_ious
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -30,21 +30,6 @@ _DEFAULT_FPS = 30.0
 MAX_CAMERA_INDEX = 255
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """OpenCV and FFmpeg print every failed probe (a missing camera, an unwritable codec, a
-    corrupt file) straight to file descriptor 2; we turn each failure into one line of our own."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class VideoSource:
     """Frames of a video file or a camera as HxWx3 uint8 RGB, with the stream's fps."""
 
@@ -54,7 +39,7 @@ class VideoSource:
             raise RcrError(f"camera {source}: not a camera index; pass 0 to {MAX_CAMERA_INDEX} or a video file")
         self.source = source
         self.label = f"camera{source}" if self.live else Path(source).stem
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self._cap = cv2.VideoCapture(source if self.live else str(source))
             ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
         if not ok:
@@ -77,7 +62,7 @@ class VideoSource:
                 if self._first is not None:
                     bgr, self._first = self._first, None
                 else:
-                    with _native_stderr_silenced():
+                    with native_stderr_silenced():
                         ok, bgr = self._cap.read()
                     if not ok:
                         self._check_complete(index)
@@ -193,7 +178,7 @@ class VideoWriter:
             self.path = path.with_suffix(ext)
             self._tmp = path.parent / f".{self.path.stem}.{os.getpid()}.partial{ext}"
             try:
-                with _native_stderr_silenced():
+                with native_stderr_silenced():
                     self._encoder = backend.open(self._tmp, fps, size, name, Path(audio_from) if audio_from else None)
             except OSError as e:
                 raise write_error(self.path, e) from e
@@ -264,7 +249,7 @@ def _sweep_partials(path: Path) -> None:
 
 def count_frames(path: str | os.PathLike) -> int:
     """Frames that a video file really decodes to (0 if it does not open)."""
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         cap = cv2.VideoCapture(str(path))
         n = 0
         while cap.isOpened() and cap.grab():

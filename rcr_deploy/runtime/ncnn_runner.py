@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rcr_deploy.artifact import format_files, read_manifest, require_usable, verify_bytes
-from rcr_deploy.errors import BackendUnavailable, RcrError
+from rcr_deploy.errors import RcrError, require
 from rcr_deploy.runtime import Runner
 
 INSTALL = "pip install 'rcr-deploy[ncnn]'"
@@ -24,11 +24,7 @@ INSTALL = "pip install 'rcr-deploy[ncnn]'"
 
 def require_ncnn() -> Any:
     """The `ncnn` module, or `BackendUnavailable` naming the extra."""
-    try:
-        import ncnn
-    except ImportError:
-        raise BackendUnavailable(f"ncnn is not installed; {INSTALL}") from None
-    return ncnn
+    return require("ncnn", "ncnn", "ncnn")
 
 
 class NcnnRunner(Runner):

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from rcr_deploy.artifact import MANIFEST_METADATA_KEY, check_manifest, read_manifest
-from rcr_deploy.errors import BackendUnavailable, ManifestError, RcrError
+from rcr_deploy.errors import ManifestError, RcrError, require
+from rcr_deploy.fileio import native_stderr_silenced
 from rcr_deploy.runtime import Runner
 
 INSTALL = "pip install 'rcr-deploy[tflite]'"
@@ -24,19 +25,12 @@ INSTALL = "pip install 'rcr-deploy[tflite]'"
 
 def require_litert() -> Any:
     """LiteRT's `Interpreter` class, or `BackendUnavailable` naming the extra."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise BackendUnavailable(f"LiteRT (ai-edge-litert) is not installed; {INSTALL}") from None
-    return Interpreter
+    return require("ai_edge_litert.interpreter", "LiteRT (ai-edge-litert)", "tflite").Interpreter
 
 
 def embedded_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest in a `.tflite`'s metadata, schema-checked, or None without one."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        raise BackendUnavailable(f"LiteRT (ai-edge-litert) is not installed; {INSTALL}") from None
+    schema = require("ai_edge_litert.schema_py_generated", "LiteRT (ai-edge-litert)", "tflite")
     data = path.read_bytes()
     try:
         model = schema.Model.GetRootAs(data, 0)
@@ -62,8 +56,9 @@ class TFLiteRunner(Runner):
             raise RcrError(f"{self.path}: no such artifact; run 'rcr-deploy export --format tflite' first")
         self.manifest = read_manifest(self.path, missing_ok=True) or embedded_manifest(self.path)
         try:
-            self._interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():
+                self._interpreter = interpreter_class(model_path=str(self.path), num_threads=threads)
+                self._interpreter.allocate_tensors()
         except Exception as e:  # LiteRT raises ValueError / RuntimeError for a bad flatbuffer
             raise RcrError(f"{self.path}: LiteRT cannot load it ({str(e).splitlines()[0]}); re-export it") from e
         self._in = self._interpreter.get_input_details()[0]

@@ -35,6 +35,9 @@ class Runner(abc.ABC):
     name: str = "runner"
     #: Input channels (4 with the prior mask, 3 without).
     in_channels: int = 4
+    #: The one input size of a file exported at a fixed size (TFLite, ncnn); 0 where any size runs.
+    height: int = 0
+    width: int = 0
     #: The artifact's manifest (preprocessing, precision, validation), where there is one.
     manifest: dict[str, Any] | None = None
     #: False once `close()` has released the backend.
@@ -68,6 +71,14 @@ class Runner(abc.ABC):
     def _check_active(self) -> None:
         if not self.active:
             raise InternalError(f"{self.name}: infer() after close()")
+
+    def _check_fixed_size(self, x: np.ndarray, path: Path) -> None:
+        """For a file exported at one size (`in_channels`, `height`, `width` set): refuse another."""
+        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.height, self.width):
+            raise RcrError(
+                f"{path.name} takes N x {self.in_channels} x {self.height} x {self.width} (it is exported at one size), "
+                f"got {tuple(x.shape)}; pass --size {self.height} or re-export at this size"
+            )
 
     def __enter__(self) -> Runner:
         return self

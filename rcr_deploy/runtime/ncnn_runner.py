@@ -59,11 +59,7 @@ class NcnnRunner(Runner):
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         self._check_active()
-        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.height, self.width):
-            raise RcrError(
-                f"{self.path.name} takes N x {self.in_channels} x {self.height} x {self.width} (it is exported at one size), "
-                f"got {tuple(x.shape)}; pass --size {self.height} or re-export at this size"
-            )
+        self._check_fixed_size(x, self.path)
         outs = []
         for image in np.asarray(x, dtype=np.float32):
             with self._net.create_extractor() as ex:

@@ -87,11 +87,7 @@ class TFLiteRunner(Runner):
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         self._check_active()
-        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.height, self.width):
-            raise RcrError(
-                f"{self.path.name} takes N x {self.in_channels} x {self.height} x {self.width} (it is exported at one size), "
-                f"got {tuple(x.shape)}; pass --size {self.height} or re-export at this size"
-            )
+        self._check_fixed_size(x, self.path)
         nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
         out = np.concatenate([self.run_nhwc(nhwc[i : i + 1]) for i in range(len(nhwc))])
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -160,3 +160,11 @@ def test_config_rejects_unknown_keys_and_schedule_is_the_papers(tmp_path):
     cfg = TrainConfig()
     assert (cfg.weight_decay, cfg.alpha, cfg.beta) == (5e-4, 1.0, 0.3)
     assert lr_factor("paper", 20, 2000) == pytest.approx(0.95) and lr_factor("paper", 10, 2000) == pytest.approx(0.95**0.5)
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_glibc_accepts_the_heap_setting_the_trainer_makes():
+    # If glibc ever refuses these mallopt values, CPU steps silently go back to twice as slow.
+    from rcr_deploy.train.trainer import keep_freed_memory
+
+    assert keep_freed_memory() is True

@@ -45,7 +45,7 @@ from rcr_deploy.benchmarks.stats import LatencyStats
 from rcr_deploy.data import SAMPLE_IMAGE
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.preprocess import load_image
-from rcr_deploy.serve.protocol import decode_image, encode_result
+from rcr_deploy.serve.protocol import capacity, decode_image, encode_result
 from rcr_deploy.serve.cluster import threads_per_worker
 from rcr_deploy.serve.service import Item, SegmentService
 
@@ -130,8 +130,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     clients = [int(c) for c in args.clients.split(",")]
     kill_replicas = [int(r) for r in args.kill_replicas.split(",") if r]
     hey = hey_version() if args.hey else None
-    capacity = defaults["replicas"] * 2 * defaults["max_batch"] + defaults["max_queued"]  # held + queued (app.start)
-    overload = 2 * capacity
+    overload = 2 * capacity(defaults["replicas"], defaults["max_batch"], defaults["max_queued"])
     fault_image = next(iter(bodies))
     warm_s = max(1.0, min(2.0, args.seconds / 4))  # not counted: connections, the first queue filling
     steps = len(bodies) + 1 + len(bodies) * len(clients) + 1 + len(kill_replicas) + args.sigterm

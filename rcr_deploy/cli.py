@@ -369,7 +369,7 @@ def serve(
     max_megapixels: float = typer.Option(serve_limits.MAX_MEGAPIXELS, min=0.01, help="Refuse larger images (HTTP 413), bounding each request's memory."),
     session_idle_s: float = typer.Option(serve_limits.SESSION_IDLE_S, min=1.0, help="Forget a video session's previous mask after this many idle seconds."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
-    max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches; more get HTTP 503 with Retry-After at once."),
+    max_queued: int = typer.Option(serve_limits.MAX_QUEUED, min=1, help="Requests queued beyond each replica's two batches (shared out among the replicas, and as many again at the HTTP proxy); more get HTTP 503 with Retry-After at once."),
     request_timeout_s: float = typer.Option(serve_limits.REQUEST_TIMEOUT_S, min=0.1, help="A request not answered within this many seconds gets HTTP 408."),
     v2_name: str = typer.Option(serve_limits.V2_MODEL_NAME, help="The model's name in the Open Inference Protocol (/v2/models/NAME)."),
     cors_origin: Optional[list[str]] = typer.Option(None, help="A browser origin allowed to call the server (CORS), e.g. https://app.example.com; repeat for more, '*' for any."),

@@ -34,7 +34,7 @@ from rcr_deploy import infer, video  # noqa: E402
 from rcr_deploy.data import synthetic  # noqa: E402
 from rcr_deploy.runtime import load_runner  # noqa: E402
 from rcr_deploy.serve.client import RemoteSegmenter  # noqa: E402
-from rcr_deploy.serve.protocol import BATCH_HEADER  # noqa: E402
+from rcr_deploy.serve.protocol import BATCH_HEADER, capacity  # noqa: E402
 from rcr_deploy.serve.service import Item, SegmentService, batch_buckets  # noqa: E402
 
 
@@ -185,15 +185,17 @@ def test_batches_past_eight_are_padded_to_few_compiled_sizes():
 
 
 def test_excess_load_is_shed_with_503_and_retry_after(server):
-    """The replica holds two batches of 8 and the proxy queues MAX_QUEUED more: 64 clients at
-    once overflow that, and the overflow is answered at once with 503, not left waiting."""
+    """The replica holds two batches of 8 and MAX_QUEUED more, the proxy MAX_QUEUED more again:
+    twice that many clients at once overflow it, and the overflow is answered at once with 503,
+    not left waiting."""
     def timed(_):
         t = time.monotonic()
         status, headers, _body = post(f"{server}/segment", SAMPLE)
         return status, headers.get("Retry-After"), time.monotonic() - t
 
-    with ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(timed, range(64)))
+    clients = 2 * capacity(1, 8, MAX_QUEUED)
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(timed, range(clients)))
     shed = [r for r in results if r[0] == 503]
     assert {r[0] for r in results} <= {200, 503}, results
     assert shed and sum(r[0] == 200 for r in results) >= 2 * 8, [r[0] for r in results]

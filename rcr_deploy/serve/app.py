@@ -38,7 +38,7 @@ from rcr_deploy.serve import v2
 from rcr_deploy.serve.cluster import check_model, start_ray, threads_per_worker
 from rcr_deploy.serve.protocol import (
     BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, MAX_SESSIONS, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S,
-    SESSION_HEADER, SESSION_IDLE_S, RequestError, choose_output, decode_image, encode_result, error_body,
+    SESSION_HEADER, SESSION_IDLE_S, RequestError, choose_output, decode_image, encode_result, error_body, replica_slots,
 )
 from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
 from rcr_deploy.serve.prometheus import ReplicaMetrics
@@ -265,9 +265,9 @@ def start(
     starts. `threads` (default: the cores shared out among the replicas) is the model's per replica;
     `backend` as `runtime.load_runner`'s (each replica loads the model on it).
 
-    Load shedding: each replica holds at most two batches (one running, one filling); past that
-    the HTTP proxy queues up to `max_queued` requests and answers the rest at once with 503 and
-    `Retry-After: 1`. A request not answered within `request_timeout_s` gets 408.
+    Load shedding: each replica takes `replica_slots` requests at once (two batches and its share
+    of `max_queued`); past that the HTTP proxy queues up to `max_queued` more and answers the rest
+    at once with 503 and `Retry-After: 1`. A request not answered within `request_timeout_s` gets 408.
     `v2_name` is the model's name in the Open Inference Protocol; `cors_origins` the browser
     origins allowed to call it; `max_sessions` the video sessions each replica keeps."""
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0 or max_queued < 1 or request_timeout_s <= 0:
@@ -280,7 +280,7 @@ def start(
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s}, logging_config=quiet)
     threads = threads_per_worker(threads, replicas)
     app = Segment.options(
-        num_replicas=replicas, max_ongoing_requests=2 * max_batch, max_queued_requests=max_queued,
+        num_replicas=replicas, max_ongoing_requests=replica_slots(max_batch, max_queued, replicas), max_queued_requests=max_queued,
         graceful_shutdown_timeout_s=request_timeout_s,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
     ).bind(

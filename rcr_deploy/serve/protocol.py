@@ -34,7 +34,8 @@ MAX_BODY_BYTES = 32 * 2**20
 #: Largest image in megapixels. A decoded frame costs ~30 bytes per pixel on the replica (RGB,
 #: the float probability, the letterbox square), so 24 MP (6000x4000) stays under ~1 GB per request.
 MAX_MEGAPIXELS = 24.0
-#: Requests the HTTP proxy queues beyond the replicas' two batches each; more get 503 at once.
+#: Requests queued beyond the replicas' two batches each (in the replicas, `replica_slots`), and
+#: as many again at the HTTP proxy; more get 503 at once.
 MAX_QUEUED = 64
 #: A request not answered in this many seconds gets 408 (Ray Serve's answer to its own timeout).
 REQUEST_TIMEOUT_S = 30.0
@@ -116,3 +117,16 @@ def encode_result(rgb: np.ndarray, alpha: np.ndarray, output: str, extra: dict[s
     h, w = alpha.shape
     payload = {"width": w, "height": h, "mask_png_base64": base64.b64encode(png).decode(), "person_fraction": float(alpha.mean()), **extra}
     return json.dumps(payload).encode(), OUTPUTS[output]
+
+
+def replica_slots(max_batch: int, max_queued: int, replicas: int) -> int:
+    """Requests one replica takes at once: two batches (one running, one filling) and its share of
+    the queue. The queue lives in the replicas, where a freed slot is taken at once: held in front
+    of them, Ray's router retries full replicas with back-off of up to 0.5 s, and one replica that
+    served 95 requests/s to 4 clients served 13/s to 64 (docs/serving.md, "How long a request can wait")."""
+    return 2 * max_batch + -(-max_queued // replicas)
+
+
+def capacity(replicas: int, max_batch: int, max_queued: int) -> int:
+    """Requests the server holds before it sheds: every replica's slots and the proxy's queue."""
+    return replicas * replica_slots(max_batch, max_queued, replicas) + max_queued

@@ -86,3 +86,15 @@ def test_every_linked_results_file_and_asset_exists():
             if not (page.parent / target).resolve().exists():
                 missing.append(f"{page.name}: {target}")
     assert not missing, missing
+
+
+def test_serving_page_quotes_the_recorded_load_test():
+    report = json.loads((ROOT / "benchmarks" / "results" / "serve-cpu-2core.json").read_text())
+    page = ROOT / "docs" / "serving.md"
+    hey = {r["clients"]: r["throughput_ips"] for r in report["rows"] if r["image"] == "224x224" and r["generator"] == "hey"}
+    quoted = _one(r"hey got (\d+, \d+, \d+ and \d+) images/s at 1, 4, 16 and 64 clients", page)
+    assert quoted == "{:.0f}, {:.0f}, {:.0f} and {:.0f}".format(*(hey[c] for c in (1, 4, 16, 64)))
+    ratio = {c["generator"]: re.search(r"ratio (\d\.\d\d)", c["figures"]).group(1)
+             for c in report["checks"] if c["check"].startswith("64 clients") and "throughput" in c["check"]}  # fmt: skip
+    assert _one(r"\((\d\.\d\d)x with hey, \d\.\d\dx with the Python clients\)", page) == ratio["hey"]
+    assert _one(r"\(\d\.\d\dx with hey, (\d\.\d\d)x with the Python clients\)", page) == ratio["python"]

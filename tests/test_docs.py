@@ -98,3 +98,5 @@ def test_serving_page_quotes_the_recorded_load_test():
              for c in report["checks"] if c["check"].startswith("64 clients") and "throughput" in c["check"]}  # fmt: skip
     assert _one(r"\((\d\.\d\d)x with hey, \d\.\d\dx with the Python clients\)", page) == ratio["hey"]
     assert _one(r"\(\d\.\d\dx with hey, (\d\.\d\d)x with the Python clients\)", page) == ratio["python"]
+    low, high = sorted(ratio.values())
+    assert _one(r"64 clients get (\d\.\d\d–\d\.\d\d)× the best cell", ROOT / "README.md") == f"{low}–{high}"

@@ -54,13 +54,16 @@ QUICK = {"clients": "4,64", "images": "224x224", "seconds": 2.0, "kill_replicas"
 FAULT_CLIENTS = 8  # the kill and SIGTERM runs' steady load (issue 21 saw all 8 in flight fail)
 
 
-def serve_defaults() -> dict[str, Any]:
-    """`rcr-deploy serve`'s defaults, read from the command itself, so the report cannot drift from it."""
-    from rcr_deploy import cli
+DEFAULT_KEYS = ("replicas", "max_batch", "batch_wait_ms", "max_queued", "request_timeout_s", "backend", "threads")
 
-    params = inspect.signature(cli.serve).parameters
-    keys = ("replicas", "max_batch", "batch_wait_ms", "max_queued", "request_timeout_s", "backend", "threads")
-    return {k: getattr(params[k].default, "default", params[k].default) for k in keys}
+
+def serve_defaults() -> dict[str, Any]:
+    """`rcr-deploy serve`'s defaults, read from `serve.app.start` (a test holds the command's
+    options equal to them), so the report cannot drift from what the server ran."""
+    from rcr_deploy.serve import app
+
+    params = inspect.signature(app.start).parameters
+    return {k: params[k].default for k in DEFAULT_KEYS}
 
 
 def bare(model: str | None, backend: str, threads: int, max_batch: int, bodies: dict[str, bytes], seconds: float) -> list[dict[str, Any]]:

@@ -169,3 +169,13 @@ def test_checks_follow_the_measured_figures():
     assert [c["met"] for c in checks(timed_out)] == [True, True, False, True, True]
     missing = _result([_row(4, 30.0, 50.0)], [], None)
     assert [c["met"] for c in checks(missing)][:4] == [None, None, None, None]
+
+
+def test_the_load_tests_defaults_are_the_serve_commands():
+    import inspect
+
+    from rcr_deploy import cli
+    from rcr_deploy.benchmarks.serve import DEFAULT_KEYS, serve_defaults
+
+    options = inspect.signature(cli.serve).parameters
+    assert serve_defaults() == {k: getattr(options[k].default, "default", options[k].default) for k in DEFAULT_KEYS}

@@ -137,7 +137,7 @@ def test_logic_only_gpu_out_of_memory_hints_lower_batch_and_keeps_state(data, tm
 @pytest.mark.parametrize(
     "key, value, named",
     [("epochs", 0, "epochs 0"), ("batch", -4, "batch -4"), ("size", 100, "size 100"), ("workers", 10**6, "workers"),
-     ("weight_decay", float("nan"), "weight_decay nan"), ("progressive", [160, 33], "progressive 33"),
+     ("weight_decay", float("nan"), "weight_decay nan"), ("val_every", 0, "val_every 0"),
      ("data_weights", [1.0, 0.0], "data_weights 0"), ("temperature", 0, "temperature 0")],
 )  # fmt: skip
 def test_a_config_files_numbers_are_checked_like_the_options(tmp_path, key, value, named):

@@ -52,9 +52,9 @@ SPLIT_RULE = f"sort the ids; index % {VAL_EVERY} == 0 is validation, the rest is
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: The numeric fields' (lowest, highest[, multiple of]) values, checked wherever a config comes from:
 #: options, a config.json, a checkpoint's saved config. Lists are checked item by item; --lr (an
-#: open interval) is checked by the Trainer.
+#: open interval) and --progressive (rising sizes below --size) are checked by the Trainer.
 RANGES: dict[str, tuple[float, ...]] = {
-    "data_weights": (1e-6, 1e6), "size": (32, 4096, 32), "progressive": (32, 4096, 32), "epochs": (1, 10**6),
+    "data_weights": (1e-6, 1e6), "size": (32, 4096, 32), "epochs": (1, 10**6),
     "batch": (1, 4096), "weight_decay": (0, 1), "lr_decay": (1e-6, 1), "lr_decay_epochs": (1e-6, 1e9),
     "alpha": (0, 1e6), "beta": (0, 1e6), "temperature": (1e-6, 1e6), "seed": (0, 2**32 - 1), "workers": (0, 256),
     "threads": (0, 1024), "warmup_epochs": (0, 10**6), "time_limit_min": (0, 10**7), "save_every": (0, 10**9),

@@ -286,9 +286,9 @@ def test_ir_with_missing_or_truncated_bin_is_one_line_exit_2(exported, tmp_path)
 
 
 def test_unknown_format_is_one_line_exit_2(tmp_path):
-    proc = cli_process("export", "--out", str(tmp_path / "o"), "--format", "onnx,tflite")
+    proc = cli_process("export", "--out", str(tmp_path / "o"), "--format", "onnx,mnn")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--format tflite" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--format mnn" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 

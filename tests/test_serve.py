@@ -400,7 +400,7 @@ def test_readiness_openapi_and_one_line_http_errors(server):
 def test_chunked_upload_past_the_limit_is_refused_while_streaming(server):
     """512 MiB sent chunked (no Content-Length): refused with 413, and the replica never holds it
     whole. A 48 MiB refusal first warms the refusal's own code path, so what is measured is what
-    the body's size adds. The issue's bound is 64 MiB; runs have measured 39, 70 and 181 MiB (Ray's
+    the body's size adds. The issue's bound is 64 MiB; runs have measured 39, 70 and 181 MiB (probably because Ray's
     proxy hands the replica what it has buffered in batches), so this asserts only "not whole"
     and docs/serving.md says so."""
     pid = get(f"{server}/v1/stats")["pid"]

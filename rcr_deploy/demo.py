@@ -26,7 +26,7 @@ from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import MemorySink, Segmenter, infer, run
 from rcr_deploy.postprocess import write_png
 from rcr_deploy.preprocess import load_image
-from rcr_deploy.formats import FORMATS, bench_targets, installed
+from rcr_deploy.formats import FORMATS, bench_targets, missing
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.video import VideoSource, stability, write_video
 
@@ -104,9 +104,9 @@ def run_demo(
     config = BenchConfig(backends=backends, out_dir=out_dir / "export", ckpt=ckpt, size=size, warmup=2, iters=15, max_seconds=2.0)
     bench = run_bench(config, command="rcr-deploy demo")
     for fmt in FORMATS.values():
-        if not installed(fmt):
-            how = f" (pip install 'rcr-deploy[{fmt.extra}]')" if fmt.extra else ""
-            bench["skipped"].append({"name": fmt.name, "reason": f"{fmt.probe} is not installed{how}"})
+        reason = missing(fmt)
+        if reason:
+            bench["skipped"].append({"name": fmt.name, "reason": reason})
     write_json(bench, out_dir / "bench.json")
     write_markdown(bench, out_dir / "bench.md")
     plot_speed_accuracy(bench, out_dir / "speed-accuracy.png")

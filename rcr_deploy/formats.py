@@ -243,13 +243,19 @@ def bench_targets(fmt: Format) -> tuple[str, ...]:
 
 def installed(fmt: Format) -> bool:
     """Whether `fmt`'s runtime is installed (its probe finds it)."""
+    return missing(fmt) is None
+
+
+def missing(fmt: Format) -> str | None:
+    """Why `fmt`'s runtime is not installed, naming the fix; None where its probe finds it."""
+    how = f" (pip install 'rcr-deploy[{fmt.extra}]')" if fmt.extra else ""
     if ":" not in fmt.probe:
-        return importlib.util.find_spec(fmt.probe) is not None
+        return None if importlib.util.find_spec(fmt.probe) is not None else f"{fmt.probe} is not installed{how}"
     try:
         load(fmt.probe)()
-    except Exception:  # the probe's own RcrError says why; here only the answer matters
-        return False
-    return True
+    except Exception as e:  # the probe's own RcrError names what is missing and the fix
+        return str(e).splitlines()[0] if str(e) else f"{fmt.probe} found nothing{how}"
+    return None
 
 
 def load(entry: str) -> Any:

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,8 +133,6 @@ def native_stderr_silenced() -> Iterator[None]:
     """File descriptor 2 sent to /dev/null for the block. Native libraries (OpenCV and FFmpeg on
     every failed probe, LiteRT's "Created TensorFlow Lite XNNPACK delegate") write there directly,
     past Python's sys.stderr; we report what matters in one line of our own."""
-    import sys
-
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:

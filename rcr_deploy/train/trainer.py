@@ -185,7 +185,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc gives the top of the heap back to the kernel whenever more than 128 KiB is
     free there, so every training step faults its activations in again: on a 2-core CPU at
-    224 x 224, batch 32, that was half the step (5.7 s against 2.7 s; docs/training.md). The
+    224 x 224, batch 32, it took the step from 3.3 s to 5.8 s (docs/training.md). The
     data-loader workers, forked later, inherit the setting."""
     import ctypes
     import ctypes.util

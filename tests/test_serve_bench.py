@@ -22,7 +22,7 @@ from rcr_deploy.benchmarks.serve_faults import recovery_time
 from rcr_deploy.benchmarks.serve_load import (
     Answer, make_image, mean_batch, parse_hey_csv, parse_size, replica_pids, run_hey, summarize,
 )
-from rcr_deploy.benchmarks.serve_report import checks, to_markdown
+from rcr_deploy.benchmarks.serve_report import checks, combine_rounds, to_markdown
 from rcr_deploy.serve.protocol import decode_image
 
 
@@ -169,6 +169,26 @@ def test_checks_follow_the_measured_figures():
     assert [c["met"] for c in checks(timed_out)] == [True, True, False, True, True]
     missing = _result([_row(4, 30.0, 50.0)], [], None)
     assert [c["met"] for c in checks(missing)][:4] == [None, None, None, None]
+
+
+def test_interleaved_rounds_become_one_row_of_medians_per_cell():
+    """Rounds in rotated order: one row per cell in client order, medians where one disturbed
+    round would otherwise decide a target, counts summed, the slowest answer kept."""
+    rounds = [_row(4, 90.0, 20.0), _row(64, 60.0, 30.0, max_ms=2000.0), _row(64, 85.0, 21.0), _row(4, 88.0, 21.0),
+              _row(4, 70.0, 26.0, generator="python"), _row(4, 91.0, 22.0), _row(64, 84.0, 22.0, failed={"500": 1})]
+    rows = combine_rounds(rounds)
+    assert [(r["clients"], r["generator"], r["rounds"]) for r in rows] == [(4, "python", 1), (4, "hey", 3), (64, "hey", 3)]
+    four, sixty_four = rows[1], rows[2]
+    assert four["throughput_ips"] == 90.0 and four["round_ips"] == [90.0, 88.0, 91.0] and four["server_cpu_ms_per_img"] == 21.0
+    assert sixty_four["throughput_ips"] == 84.0 and sixty_four["server_cpu_ms_per_img"] == 22.0
+    assert sixty_four["ok"] == 300 and sixty_four["failed"] == {"500": 1} and sixty_four["max_ms"] == 2000.0
+    result = {**_result(rows, [], None), "settings": {**_result([], [], None)["settings"], "rounds": {"224x224": 3}}}
+    met = {c["check"]: c["met"] for c in checks(result) if c["generator"] == "hey"}
+    assert list(met.values())[:2] == [True, True]  # per round 0.67, 0.97, 0.92 and 1.5, 1.0, 1.0: round 1 alone fails both
+    figures = [c["figures"] for c in checks(result) if c["generator"] == "hey"]
+    assert "ratio 0.92, the median of each round's (0.67, 0.97, 0.92); of the cells' medians 0.93" in figures[0]
+    page = to_markdown({**result, "checks": checks(result)})
+    assert "| 90 / 88 / 91 |" in page and "3 interleaved rounds" in page
 
 
 def test_the_load_tests_defaults_are_the_serve_commands():

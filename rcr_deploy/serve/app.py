@@ -42,6 +42,7 @@ from rcr_deploy.serve.protocol import (
 )
 from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
 from rcr_deploy.serve.prometheus import ReplicaMetrics
+from rcr_deploy.serve.proxy_limit import PROXY_CALLBACK
 from rcr_deploy.serve.service import Item, SegmentService
 
 APP_NAME = "rcr-deploy"
@@ -105,8 +106,8 @@ async def _bug(request: Request, e: Exception) -> Response:  # our bug: one line
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit`: checked on the declared
-    length, and again on every chunk received, so a chunked upload is never held whole."""
+    """The request body, refused with 413 as soon as it passes `limit`. Serve's proxy already
+    stops a body at the limit (proxy_limit.py); this check holds behind any other ingress."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body of {int(declared) / 2**20:.0f} MiB is past the {limit // 2**20} MiB limit; send a smaller image")
@@ -274,6 +275,9 @@ def start(
         raise RcrError("--replicas, --max-batch and --max-queued must be at least 1, --batch-wait-ms at least 0 and --request-timeout-s above 0")
     model_arg = check_model(model, backend=backend)
     check_port_free(host, port)
+    # Read by every proxy process Ray starts from here on (proxy_limit.py); an operator's own
+    # callback, if set, replaces it.
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     start_ray()
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     logger.setLevel(logging.WARNING)  # the CLI prints its own progress and URL lines

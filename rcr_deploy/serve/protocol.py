@@ -84,6 +84,8 @@ def decode_image(body: bytes, content_type: str | None, max_megapixels: float = 
     """A request body -> HxWx3 uint8 RGB, or a `RequestError` (wrong type, empty, too large, not
     an image, truncated). The image's size is read from its header before anything is decoded."""
     kind = (content_type or "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        body, kind = form_image(body, content_type or "")
     if kind and not (kind.startswith("image/") or kind in RAW_TYPES):
         raise RequestError(415, f"Content-Type {kind} is not an image; send the image bytes as image/* or application/octet-stream")
     if not body:
@@ -103,6 +105,30 @@ def decode_image(body: bytes, content_type: str | None, max_megapixels: float = 
         return load_image(io.BytesIO(body))
     except DataError as e:  # a truncated or corrupt file: its header read, its pixels did not
         raise RequestError(400, f"corrupt or truncated image ({e.__cause__ or e}); send the whole file") from e
+
+
+def form_image(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """The image of a multipart/form-data upload (RFC 7578, what `curl -F image=@photo.jpg` and a
+    browser form send) and its part's media type: the part named `image` or `file`, else the first
+    part with a file name, else the first part."""
+    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in content_type.split(";")[1:] if p.strip().lower().startswith("boundary=")), "")
+    if not boundary:
+        raise RequestError(400, "multipart/form-data without a boundary; let the HTTP library build the form (curl -F image=@photo.jpg)")
+    parts = []
+    for chunk in body.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if sep:
+            headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n") if ":" in line)
+            headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+            disposition = headers.get("content-disposition", "")
+            name = next((p.split("=", 1)[1].strip('" ') for p in disposition.split(";") if p.strip().startswith("name=")), "")
+            parts.append((name, "filename=" in disposition, headers.get("content-type", ""), data.removesuffix(b"\r\n")))
+    if not parts:
+        raise RequestError(400, "multipart/form-data body has no parts; send the image as a form field named 'image'")
+    name, _, kind, data = next((p for p in parts if p[0] in ("image", "file")), next((p for p in parts if p[1]), parts[0]))
+    return data, kind.split(";")[0].strip().lower()
 
 
 def encode_result(rgb: np.ndarray, alpha: np.ndarray, output: str, extra: dict[str, Any]) -> tuple[bytes, str]:

@@ -69,6 +69,19 @@ def machine_kind(info: dict[str, Any]) -> str:
     return f"cpu-{info['cores']}core"
 
 
+def write_result(stem: Path, result: dict[str, Any], markdown: str) -> None:
+    """A benchmark's record beside its page (`stem`.json and .md, each written whole), the page
+    printed too."""
+    import json
+
+    from rcr_deploy.fileio import write_text_atomic
+
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), markdown)
+    print(markdown)
+    print(f"wrote {stem}.json and .md")
+
+
 def peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """The device's attainable FLOP/s: best of `repeats` timed n x n matmuls (2 n^3 FLOPs each).
 

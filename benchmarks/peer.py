@@ -28,8 +28,8 @@ from rcr_deploy.errors import BackendUnavailable
 from rcr_deploy.fileio import native_stderr_silenced
 from rcr_deploy.runtime.tflite_runner import require_litert
 from rcr_deploy.metrics import IoUMeter
-from rcr_deploy.data.augment import reframe as reframed
-from rcr_deploy.data.folder import list_pairs, load_pair
+from rcr_deploy.data.folder import list_pairs
+from rcr_deploy.evaluate import load_framed
 
 MODEL_FILE = "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
 SIZE = 256
@@ -79,12 +79,14 @@ class SelfieSegmenter:
 
 
 def fg_miou(
-    peer: SelfieSegmenter, data: str | os.PathLike, split: str | None = "val", limit: int | None = None, reframe: bool = False
+    peer: SelfieSegmenter, data: str | os.PathLike, split: str | None = "val", limit: int | None = None, framing: str = "as-is",
+    progress: bool = True,
 ) -> tuple[float, int]:
-    """Mean per-image foreground IoU (%) of the peer on `data`'s split (or its reframed version,
-    keyed as `evaluate` keys it), and the image count."""
+    """Mean per-image foreground IoU (%) of the peer on `data`'s split in `framing` (the same
+    pictures `evaluate` scores), and the image count."""
     meter = IoUMeter()
-    for i, pair in enumerate(tqdm(list_pairs(data, split)[:limit], desc="eval mediapipe", unit="img", leave=False)):
-        rgb, mask = reframed(*load_pair(pair), i) if reframe else load_pair(pair)
+    pairs = list_pairs(data, split)[:limit]
+    for i, pair in enumerate(tqdm(pairs, desc="eval mediapipe", unit="img", leave=False, disable=not progress)):
+        rgb, mask = load_framed(pairs, i, framing)
         meter.add(pair.stem, peer.probability(rgb), mask)
     return meter.fg_miou * 100, len(meter.per_image)

@@ -17,7 +17,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from rcr_deploy.artifact import ARTIFACT_NAMES

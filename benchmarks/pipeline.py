@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import tempfile
@@ -21,9 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rcr_deploy.benchmarks.machine import machine_info, machine_kind
+from rcr_deploy.benchmarks.machine import machine_info, machine_kind, write_result
 from rcr_deploy.data import synthetic
-from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.infer import STAGES, infer
 from rcr_deploy.runtime import load_runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -91,10 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.model, args.frames, args.height, args.width, args.repeats, args.threads)
     stem = RESULTS / f"pipeline-{machine_kind(result['machine'])}-{args.threads}threads"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    write_text_atomic(stem.with_suffix(".md"), to_markdown(result))
-    print(to_markdown(result))
-    print(f"wrote {stem}.json and .md")
+    write_result(stem, result, to_markdown(result))
 
 
 if __name__ == "__main__":

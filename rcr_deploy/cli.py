@@ -615,7 +615,8 @@ def eval_(
     size: Optional[int] = typer.Option(None, help="Model input size; default: the artifact's manifest, else 224.", callback=SIZE),
     limit: Optional[int] = typer.Option(None, help="Score only the first N images of each dataset.", callback=COUNT),
     batch: int = typer.Option(8, help="Images per inference call.", callback=BATCH),
-    reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Score the harder framing: each image shrunk to half and shifted in its canvas."),
+    framing: str = typer.Option("as-is", help="Score the pictures in these framings (comma-separated, or all): as-is; reframed (half size, shifted); cut (by an edge); landscape (16:9 or 4:3 over another picture); crowd (another picture's person pasted in front)."),
+    reframe: bool = typer.Option(False, "--reframe/--no-reframe", help="Short for --framing reframed."),
     peer: bool = typer.Option(True, "--peer/--no-peer", help="Score MediaPipe's selfie segmenter on the same images beside each row, where the 'peer' extra is installed."),
     per_image: Optional[Path] = typer.Option(None, "--per-image", help="Write per-image scores to this CSV (with a 'data' column for several datasets)."),
     worst: Optional[tuple[int, Path]] = typer.Option(None, "--worst", help="K DIR: overlay pictures of the K worst images, and DIR/worst.png with up to 12 side by side (DIR/NAME/ per dataset for several).", callback=_range(0, 10**6)),
@@ -637,6 +638,11 @@ def eval_(
         check_output(worst[1], "--worst", folder=True)
         check_output(worst[1] / SHEET_NAME, "--worst")
 
+    from rcr_deploy.data.augment import FRAMINGS
+
+    framings = list(FRAMINGS) if framing == "all" else ["reframed"] if reframe else [f.strip() for f in framing.split(",") if f.strip()]
+    if not framings or any(f not in FRAMINGS for f in framings):
+        raise RcrError(f"--framing {framing}: choose from {', '.join(FRAMINGS)} (comma-separated), or all")
     named = sources([str(d) for d in data])
     if len(named) > 1 and split and Path(split).is_file():
         raise RcrError(f"--split {split}: a file of ids needs a single --data; several datasets use train, val or all")
@@ -644,44 +650,44 @@ def eval_(
     with load_runner(model, device=device, hint="throughput", backend=backend) as runner:
         size = Segmenter(runner, size=size).size  # infer's checks of the artifact and --size, so both accept the same models
         mediapipe = _peer_or_none(peer_mod) if peer else None  # after the model's checks: a refused model loads no peer
-        for src in named:
-            report = evaluate(runner, src.root, size=size, limit=limit, split=split, batch=batch, reframe=reframe)
+        for src, frame in [(src, f) for src in named for f in framings]:
+            report = evaluate(runner, src.root, size=size, limit=limit, split=split, batch=batch, framing=frame)
             row = {"name": src.name, **{k: getattr(report, k) for k in ("model", "data", "split", "size", "n_images", "fg_miou", "class_miou")}}
-            row["reframed"] = reframe
+            row["framing"], row["reframed"] = frame, frame == "reframed"
             if mediapipe is not None:
-                row["mediapipe_fg_miou"] = peer_mod.fg_miou(mediapipe, src.root, split, limit, reframe)[0] / 100
+                row["mediapipe_fg_miou"] = peer_mod.fg_miou(mediapipe, src.root, split, limit, frame)[0] / 100
             rows.append((row, report))
+            row["label"] = "/".join([src.name] * (len(named) > 1) + [frame] * (len(framings) > 1))
             if worst and worst[0]:
-                folder = worst[1] if len(named) == 1 else worst[1] / src.name
-                pictures[src.name] = write_worst(report, runner, worst[0], folder, split)
+                pictures[row["label"]] = write_worst(report, runner, worst[0], worst[1] / row["label"], split)
         if per_image:
-            write_per_image_csv([r for _, r in rows], per_image, names=[row["name"] for row, _ in rows] if len(rows) > 1 else None)
-    sheets = {n: str((worst[1] if len(named) == 1 else worst[1] / n) / SHEET_NAME) for n, p in pictures.items() if p}
+            write_per_image_csv([r for _, r in rows], per_image, names=[row["label"] for row, _ in rows] if len(rows) > 1 else None)
+    sheets = {n: str(worst[1] / n / SHEET_NAME) for n, p in pictures.items() if p}
     if as_json:
         out: dict[str, Any] = {"rows": [row for row, _ in rows]}
         if len(rows) == 1:  # one dataset: its fields at the top level too, as before several were allowed
-            out = {**{k: v for k, v in rows[0][0].items() if k not in ("name", "reframed")}, **out}
-            out["worst"] = [str(p) for p in pictures.get(named[0].name, [])]
-            out["worst_sheet"] = sheets.get(named[0].name)
+            out = {**{k: v for k, v in rows[0][0].items() if k not in ("name", "reframed", "framing", "label")}, **out}
+            out["worst"] = [str(p) for p in pictures.get("", [])]
+            out["worst_sheet"] = sheets.get("")
         else:
             out["worst"] = {n: [str(p) for p in ps] for n, ps in pictures.items()}
             out["worst_sheet"] = sheets
         print(json.dumps(out, indent=2))
         return
-    framing = ", reframed: half size, shifted" if reframe else ""
     if len(rows) == 1:
         row, report = rows[0]
-        console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framing}, {report.n_images} images, {size}x{size}):")
+        framed_as = "" if row["framing"] == "as-is" else f", {row['framing']}"
+        console.print(f"{report.model} on {report.data} ({report.split or 'all'}{framed_as}, {report.n_images} images, {size}x{size}):")
         console.print(f"  mean per-image foreground IoU (PortraitNet's mIoU): {report.fg_miou * 100:.2f}")
         console.print(f"  class-mean IoU (mean of person and background IoU):  {report.class_miou * 100:.2f}")
         if "mediapipe_fg_miou" in row:
             console.print(f"  MediaPipe selfie segmenter on the same images, foreground IoU: {row['mediapipe_fg_miou'] * 100:.2f}")
     else:
-        table = Table(title=f"{rows[0][1].model} at {size}x{size}{framing}")
-        for col in ("data", "split", "images", "fg mIoU", "class mIoU") + (("MediaPipe fg mIoU",) if mediapipe else ()):
-            table.add_column(col, justify="left" if col in ("data", "split") else "right")
+        table = Table(title=f"{rows[0][1].model} at {size}x{size}" + ("" if framings == ["as-is"] else f", framing: {', '.join(framings)}"))
+        for col in ("data", "split", "framing", "images", "fg mIoU", "class mIoU") + (("MediaPipe fg mIoU",) if mediapipe else ()):
+            table.add_column(col, justify="left" if col in ("data", "split", "framing") else "right")
         for row, report in rows:
-            cells = [row["name"], report.split or "all", str(report.n_images), f"{report.fg_miou * 100:.2f}", f"{report.class_miou * 100:.2f}"]
+            cells = [row["name"], report.split or "all", row["framing"], str(report.n_images), f"{report.fg_miou * 100:.2f}", f"{report.class_miou * 100:.2f}"]
             table.add_row(*cells, *([f"{row['mediapipe_fg_miou'] * 100:.2f}"] if mediapipe else []))
         console.print(table)
     if per_image:
@@ -689,7 +695,7 @@ def eval_(
     for name, ps in pictures.items():
         if ps:
             console.print(
-                f"  {len(ps)} worst images of {name} as overlays beside {sheets[name]} "
+                f"  {len(ps)} worst images{' of ' + name if name else ''} as overlays beside {sheets[name]} "
                 "(green right, red false person, blue missed)"
             )
 

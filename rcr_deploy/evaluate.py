@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rcr_deploy.data.augment import reframe as reframed
-from rcr_deploy.data.folder import list_pairs, load_pair
+from rcr_deploy.data.augment import NEEDS_OTHER, framed
+from rcr_deploy.data.folder import Pair, list_pairs, load_pair
 from rcr_deploy.metrics import ImageScore, IoUMeter
 from rcr_deploy.postprocess import THRESHOLD, foreground_prob, unletterbox, write_png
 from rcr_deploy.preprocess import INPUT_SIZE, preprocess
@@ -37,6 +37,8 @@ class EvalReport:
     data: str = ""
     split: str | None = None
     size: int = INPUT_SIZE
+    framing: str = "as-is"
+    limit: int | None = None
 
     def worst(self, k: int) -> list[ImageScore]:
         """The k images with the lowest foreground IoU."""
@@ -58,16 +60,16 @@ def evaluate(
     split: str | os.PathLike | None = None,
     progress: bool = True,
     batch: int = 8,
-    reframe: bool = False,
+    framing: str = "as-is",
 ) -> EvalReport:
-    """Score `runner` on the image/mask pairs of `data_dir` (see `data.folder.list_pairs`);
-    `reframe` scores the harder framing of `data.augment.reframe` instead."""
+    """Score `runner` on the image/mask pairs of `data_dir` (see `data.folder.list_pairs`), in
+    one of `data.augment.FRAMINGS` (the pictures as they are by default)."""
     pairs = list_pairs(data_dir, split)[:limit]
     meter = IoUMeter()
     bar = tqdm(total=len(pairs), desc=f"eval {runner.name}", unit="img", disable=not progress, leave=False)
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
-        loaded = [reframed(*load_pair(p), start + i) if reframe else load_pair(p) for i, p in enumerate(chunk)]
+        loaded = [load_framed(pairs, start + i, framing) for i in range(len(chunk))]
         for pair, (_, mask), prob in zip(chunk, loaded, predict(runner, [rgb for rgb, _ in loaded], size)):
             meter.add(pair.stem, prob, mask)
         bar.update(len(chunk))
@@ -81,7 +83,16 @@ def evaluate(
         data=str(data_dir),
         split=None if split is None else str(split),
         size=size,
+        framing=framing,
+        limit=limit,
     )
+
+
+def load_framed(pairs: list[Pair], i: int, framing: str = "as-is") -> tuple[np.ndarray, np.ndarray]:
+    """Pair `i` of a split in `framing`, keyed on its index; a framing with a second picture
+    takes the split's next one (the first for the last)."""
+    other = load_pair(pairs[(i + 1) % len(pairs)]) if framing in NEEDS_OTHER else None
+    return framed(framing, *load_pair(pairs[i]), i, other)
 
 
 def write_per_image_csv(reports: list[EvalReport], path: str | os.PathLike, names: list[str] | None = None) -> Path:
@@ -150,10 +161,11 @@ def write_worst(
 ) -> list[Path]:
     """Overlay pictures of the k images with the lowest foreground IoU, worst first, and
     SHEET_NAME, the first SHEET_MAX of them side by side."""
-    pairs = {p.stem: p for p in list_pairs(report.data, split)}
+    pairs = list_pairs(report.data, split)[: report.limit]
+    index = {p.stem: i for i, p in enumerate(pairs)}
     written, cells = [], []
     for rank, score in enumerate(report.worst(k), 1):
-        rgb, mask = load_pair(pairs[score.stem])
+        rgb, mask = load_framed(pairs, index[score.stem], report.framing)  # the picture as it was scored
         (prob,) = predict(runner, [rgb], report.size)
         tinted = overlay(rgb, prob, mask)
         path = Path(out_dir) / f"{rank:02d}-{score.stem}.png"

@@ -112,3 +112,43 @@ def test_cli_eval_several_datasets_in_one_table(tmp_path):
     assert text.returncode == 0 and "selfies" in text.stdout and "bodies" in text.stdout
     proc = cli_process("eval", str(ckpt), "--data", str(a), "--data", str(b), "--split", str(tmp_path / "s.csv"))
     assert proc.returncode == 2 and "single --data" in proc.stderr
+
+
+def test_framings_are_the_same_pictures_for_every_model_and_run(tmp_path):
+    """Each framing is keyed on the image's index: the same pictures every call; the landscape and
+    crowd framings bring the split's next person in (and into the target)."""
+    from rcr_deploy.data.augment import FRAMINGS
+    from rcr_deploy.evaluate import load_framed
+
+    pairs = list_pairs(write_dataset(tmp_path / "d", n=3, h=64, w=48))
+    rgb, mask = load_pair(pairs[0])
+    for framing in FRAMINGS:
+        a, b = load_framed(pairs, 0, framing), load_framed(pairs, 0, framing)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), framing
+        assert a[0].shape[:2] == a[1].shape and set(np.unique(a[1])) <= {0, 1}, framing
+    assert np.array_equal(load_framed(pairs, 0, "as-is")[0], rgb)
+    assert load_framed(pairs, 0, "cut")[1].size < mask.size  # the frame is cropped
+    wide = load_framed(pairs, 0, "landscape")[1]
+    assert wide.shape[1] > wide.shape[0] and wide.shape[0] == mask.shape[0]
+    assert load_framed(pairs, 0, "crowd")[1].sum() >= mask.sum()  # the union of both people
+
+
+def test_cli_eval_framings_give_a_row_each_and_their_own_worst_pictures(tmp_path):
+    from rcr_deploy.evaluate import load_framed
+
+    root = write_dataset(tmp_path / "d", n=3, h=64, w=48)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("rcrnet"), "rcrnet")
+    proc = cli_process("eval", str(ckpt), "--data", str(root), "--size", "64", "--no-peer", "--framing", "as-is,landscape",
+                       "--worst", "1", str(tmp_path / "worst"), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    assert [(r["framing"], r["n_images"]) for r in rows] == [("as-is", 3), ("landscape", 3)]
+    alone = json.loads(cli_process("eval", str(ckpt), "--data", str(root), "--size", "64", "--no-peer", "--reframe", "--json").stdout)
+    assert alone["rows"][0]["framing"] == "reframed"
+    (picture,) = [p for p in (tmp_path / "worst" / "landscape").iterdir() if p.name != "worst.png"]
+    stem = picture.stem.split("-", 1)[1]
+    index = [p.stem for p in list_pairs(root)].index(stem)
+    assert cv2.imread(str(picture)).shape[:2] == load_framed(list_pairs(root), index, "landscape")[1].shape  # the frame scored
+    bad = cli_process("eval", str(ckpt), "--data", str(root), "--framing", "sideways")
+    assert bad.returncode == 2 and "--framing sideways" in bad.stderr and "landscape" in bad.stderr

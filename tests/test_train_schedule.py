@@ -211,13 +211,13 @@ def test_anywhere_runs_validate_the_reframed_split_too(data, tmp_path, monkeypat
 
     def spy(*args, **kwargs):
         report = real(*args, **kwargs)
-        calls.append((kwargs["reframe"], report.fg_miou, report.class_miou))
+        calls.append((kwargs["framing"], report.fg_miou, report.class_miou))
         return report
 
     monkeypatch.setattr(evaluate_mod, "evaluate", spy)
     result = Trainer(config(data, tmp_path / "run", epochs=1, anywhere=True), progress=False).fit()
     record = result.history[-1]
-    assert [reframe for reframe, *_ in calls] == [False, True]
+    assert [framing for framing, *_ in calls] == ["as-is", "reframed"]
     assert (record["val_fg_miou"], record["val_class_miou"]) == calls[0][1:]
     assert (record["val_fg_miou_reframed"], record["val_class_miou_reframed"]) == calls[1][1:]
     assert all(0 <= v <= 1 for _, *scores in calls for v in scores)

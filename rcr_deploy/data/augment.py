@@ -73,10 +73,12 @@ def deformation(
     return m
 
 
-def warp_pair(rgb: np.ndarray, mask: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one affine to image (bilinear, grey padding) and mask (nearest, background)."""
-    img = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
-    msk = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_NEAREST, borderValue=0)
+def warp_pair(rgb: np.ndarray, mask: np.ndarray, m: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one affine to image (bilinear, grey padding) and mask (nearest, background), into a
+    size x size frame or one of (width, height)."""
+    dsize = (size, size) if isinstance(size, int) else size
+    img = cv2.warpAffine(rgb, m, dsize, flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    msk = cv2.warpAffine(mask, m, dsize, flags=cv2.INTER_NEAREST, borderValue=0)
     return img, msk
 
 
@@ -168,17 +170,17 @@ def edge_target(mask: np.ndarray) -> np.ndarray:
 def paste_person(
     rgb: np.ndarray, mask: np.ndarray, other_rgb: np.ndarray, other_mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paste the masked person of another frame onto this size x size one, scaled and shifted
-    anywhere; the target is the union of both masks."""
-    size = mask.shape[0]
+    """Paste the masked person of another frame onto this one, scaled to 0.3-0.9 of its shorter
+    side and shifted anywhere; the target is the union of both masks."""
+    fh, fw = mask.shape
     h, w = other_mask.shape
-    scale = size / max(h, w) * rng.uniform(*PASTE_SCALE)
-    dx, dy = rng.uniform(-0.5, 0.5, 2) * size
-    m = np.float64([[scale, 0, (size - scale * w) / 2 + dx], [0, scale, (size - scale * h) / 2 + dy]])
+    scale = min(fh, fw) / max(h, w) * rng.uniform(*PASTE_SCALE)
+    dx, dy = rng.uniform(-0.5, 0.5, 2) * (fw, fh)
+    m = np.float64([[scale, 0, (fw - scale * w) / 2 + dx], [0, scale, (fh - scale * h) / 2 + dy]])
     if rng.random() < P:
         m[0] = -m[0]
-        m[0, 2] += size
-    img, msk = warp_pair(other_rgb, other_mask, m, size)
+        m[0, 2] += fw
+    img, msk = warp_pair(other_rgb, other_mask, m, (fw, fh))
     keep = msk[..., None] > 0
     return np.where(keep, img, rgb), np.maximum(mask, msk)
 
@@ -248,6 +250,36 @@ def reframe(rgb: np.ndarray, mask: np.ndarray, key: int) -> tuple[np.ndarray, np
     canvas[y : y + sh, x : x + sw] = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
     out_mask[y : y + sh, x : x + sw] = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST)
     return canvas, out_mask
+
+
+#: The validation framings of `eval --framing` (and training's reframed figure): the frame as it
+#: is, and one for each framing `anywhere` trains on. Those that need a second picture take the
+#: split's next one (its person stays in the target).
+FRAMINGS = ("as-is", "reframed", "cut", "landscape", "crowd")
+NEEDS_OTHER = ("landscape", "crowd")
+
+
+def framed(
+    name: str, rgb: np.ndarray, mask: np.ndarray, key: int, other: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame in validation framing `name` (see FRAMINGS), drawn from a generator keyed on
+    `key` (the image's index), so that every model and every run is scored on the same pictures:
+    reframed (half size, shifted); cut by an edge; in a landscape frame over `other`; with the
+    person of `other` pasted in front."""
+    if name == "as-is":
+        return rgb, mask
+    if name == "reframed":
+        return reframe(rgb, mask, key)
+    rng = np.random.default_rng([1801, FRAMINGS.index(name), key])
+    if name == "cut":
+        return cut_body(rgb, mask, rng)
+    if other is None:
+        raise ValueError(f"framing {name!r} needs a second picture")
+    if name == "landscape":
+        return landscape(rgb, mask, *other, rng)
+    if name == "crowd":
+        return paste_person(rgb, mask, *other, rng)
+    raise ValueError(f"unknown framing {name!r}; choose from {', '.join(FRAMINGS)}")
 
 
 @dataclasses.dataclass

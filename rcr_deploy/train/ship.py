@@ -6,7 +6,7 @@
 writes rcr_deploy/assets/rcrnet-eg1800.pt from the run's best.pt (refused unless the
 re-parameterisation check passes), appends the run to docs/training-log.json, redraws
 docs/training-log.png, and prints the validation scores at 224x224 on each dataset's split as it
-is and on its reframed version (`eval --reframe`) for the model card. The first --data is the
+is and on its reframed version (`eval --framing reframed`) for the model card. The first --data is the
 one the log's main curve and the historical `val_224` fields follow (EG1800 for the shipped model).
 """
 
@@ -32,8 +32,8 @@ DATA_TERMS = {
 }
 
 
-def _score(checkpoint: Path, data: Path, reframe: bool) -> dict[str, float]:
-    report = evaluate(load_runner(checkpoint, backend="torch"), data, split="val", reframe=reframe)  # the reference forward pass
+def _score(checkpoint: Path, data: Path, framing: str) -> dict[str, float]:
+    report = evaluate(load_runner(checkpoint, backend="torch"), data, split="val", framing=framing)  # the reference forward pass
     return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "images": report.n_images}
 
 
@@ -52,7 +52,7 @@ def main() -> None:
 
     best = args.run / "best.pt"
     named = sources([str(d) for d in args.data])
-    by_data = {s.name: {"val_224": _score(best, s.root, False), "val_224_reframed": _score(best, s.root, True)} for s in named}
+    by_data = {s.name: {"val_224": _score(best, s.root, "as-is"), "val_224_reframed": _score(best, s.root, "reframed")} for s in named}
     scores = {**by_data[named[0].name], "by_data": by_data}
     terms = "; ".join(DATA_TERMS.get(s.name, s.name) for s in named)
     strip_training_state(best, args.out, **scores, command=args.command, dataset=terms)

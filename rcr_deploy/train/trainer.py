@@ -442,17 +442,17 @@ class Trainer:
         from rcr_deploy.evaluate import evaluate
 
         scores: dict[str, float] = {}
-        for suffix, reframe in [("", False)] + ([("_reframed", True)] if self.cfg.anywhere else []):
+        for suffix, framing in [("", "as-is")] + ([("_reframed", "reframed")] if self.cfg.anywhere else []):
             report = evaluate(
                 runner, source.root, self.cfg.size, self.cfg.val_limit or None, self.val_split,
-                progress=self.progress, reframe=reframe,
+                progress=self.progress, framing=framing,
             )  # fmt: skip
             scores |= {f"val_fg_miou{suffix}": report.fg_miou, f"val_class_miou{suffix}": report.class_miou}
         return {**scores, "val_images": report.n_images}
 
     def validate(self) -> dict[str, Any]:
         """Both mIoU conventions on each dataset's validation split (train form in eval mode); with
-        `anywhere`, also on its reframed version (`eval --reframe`), which those augmentations
+        `anywhere`, also on its reframed version (`eval --framing reframed`), which those augmentations
         target. With several datasets, `val_by_data` holds each one's scores, and the top-level
         scores (which pick best.pt) are their plain mean: each dataset counts the same, whatever
         its size."""

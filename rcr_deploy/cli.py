@@ -307,6 +307,7 @@ def infer(
     ray_address: Optional[str] = typer.Option(None, help="With --ray: join this Ray cluster (HOST:PORT, 'auto' or ray://...) instead of starting Ray here."),
     replicas: Optional[int] = typer.Option(None, help="With --ray: model workers (Ray actors), each loading the model once; default 1.", callback=THREADS),
     threads: Optional[int] = typer.Option(None, help="With --ray: the model's CPU threads per worker; default: the cores shared among the workers.", callback=THREADS),
+    skip_done: bool = typer.Option(False, "--skip-done", help="For a folder: leave out the images whose every output is in --out already (resume an interrupted run)."),
 ) -> None:
     """Segment an image, a folder, a video or a camera; write masks, cut-outs, new backgrounds or overlays."""
     from rcr_deploy.infer import STAGES, infer as run_infer
@@ -330,11 +331,13 @@ def infer(
         result = batch.infer_folder(
             source, model, out, save=save, background=background, feather=feather, max_frames=frames, pipelined=pipeline,
             device=device, backend=backend, size=size, replicas=replicas or 1, threads=threads, address=ray_address, announce=console.print,
+            skip_done=skip_done,
         )
     else:
         result = run_infer(
             source, model, out, save=save, background=background, feather=feather, prior=prior,
             max_frames=frames, codec=codec, pipelined=pipeline, device=device, remote=remote, backend=backend, size=size,
+            skip_done=skip_done,
         )
     t = result.timings
     table = Table(title="where the time goes")

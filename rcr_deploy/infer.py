@@ -327,7 +327,11 @@ class ImageSink:
     def write_encoded(self, name: str, pngs: dict[str, bytes]) -> None:
         """Pictures already PNG-encoded (by a Ray worker, `infer --ray`): the same files and bytes."""
         for mode, data in pngs.items():
-            self.written.append(write_bytes_atomic(self.out_dir / f"{name}_{mode}.png", data))
+            self.written.append(write_bytes_atomic(self.path(self.out_dir, name, mode), data))
+
+    @staticmethod
+    def path(out_dir: Path, name: str, mode: str) -> Path:
+        return out_dir / f"{name}_{mode}.png"
 
     def commit(self) -> list[Path]:
         return self.written
@@ -463,6 +467,13 @@ class FolderImages:
                 continue
             yield name, rgb
 
+    def unfinished(self, out_dir: Path, modes: tuple[str, ...]) -> FolderImages:
+        """The images not all of whose pictures are in `out_dir` yet, named as in the whole
+        folder: what `infer --skip-done` segments. Every picture is written whole (atomically), so
+        one that exists is finished."""
+        keep = [i for i, n in enumerate(self.names) if not all(ImageSink.path(out_dir, n, m).is_file() for m in modes)]
+        return FolderImages([self.paths[i] for i in keep], [self.names[i] for i in keep])
+
     def check(self, out_dir: Path) -> None:
         if self.skipped:
             done = len(self.paths) - len(self.skipped)
@@ -488,6 +499,7 @@ def infer(
     remote: Callable[..., Segmenter] | None = None,
     backend: str = "auto",
     size: int | None = None,
+    skip_done: bool = False,
 ) -> InferResult:
     """Segment INPUT (image, folder, video file or camera index) and write the chosen outputs.
 
@@ -496,15 +508,20 @@ def infer(
     (called as `remote(feather=..., stream=...)`, e.g. `serve.client.RemoteSegmenter` bound to a
     server's URL, as `infer --server` passes it), that segments the frames instead. `size`
     overrides the manifest's input size where the model allows it (a checkpoint, or an artifact
-    exported with --dynamic-hw)."""
+    exported with --dynamic-hw). `skip_done` leaves out a folder's images whose pictures are all
+    in `out_dir` already (a rerun after an interruption)."""
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None
     kind, what = classify_input(source)
+    if skip_done and kind != "folder":
+        raise RcrError(f"--skip-done: {source} is not a folder; it resumes a folder of images (drop --skip-done)")
     folder: FolderImages | None = None
     if kind == "image":  # read now, so a bad image fails before the model loads
         frames: Iterable[tuple[str, np.ndarray]] = [(what.stem, preprocess.load_image(what))]
     elif kind == "folder":
         frames = folder = FolderImages(what[:max_frames])
+        if skip_done:
+            frames = folder = folder.unfinished(Path(out_dir), modes)
     if kind in ("image", "folder"):
         sink: Sink = ImageSink(Path(out_dir), modes)
         total, use_prior = len(folder.paths) if folder else 1, False  # still images: the prior channel stays zeros

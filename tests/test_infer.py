@@ -215,6 +215,14 @@ def test_cli_folder_of_mixed_sizes(tmp_path, ckpt, cli):
     assert code == 0, err
     assert visible_files(out) == ["p0_mask.png", "p1_mask.png", "p2_mask.png"]
     assert read_rgb(out / "p1_mask.png", cv2.IMREAD_UNCHANGED).shape == (48, 96)
+    # --skip-done resumes: only the image whose picture is missing is segmented again, the same bytes.
+    first = (out / "p1_mask.png").read_bytes()
+    (out / "p1_mask.png").unlink()
+    code, stdout, err = cli("infer", str(folder), "-m", str(ckpt), "-o", str(out), "--save", "mask", "--skip-done")
+    assert code == 0 and "wrote 1 file(s)" in " ".join(stdout.split()), stdout + err
+    assert visible_files(out) == ["p0_mask.png", "p1_mask.png", "p2_mask.png"] and (out / "p1_mask.png").read_bytes() == first
+    code, stdout, err = cli("infer", str(folder / "p0.png"), "-m", str(ckpt), "-o", str(out), "--skip-done")
+    assert code == 2 and "--skip-done" in err and "not a folder" in err
 
 
 @pytest.mark.parametrize("prior", ["--prior", "--no-prior"])

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray", reason="Ray is the 'serve' extra: pip install '
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # Ray and two workers on a loaded 2-core machine
+@pytest.mark.timeout(600)  # Ray and two workers, twice, on a loaded 2-core machine
 def test_ray_writes_the_files_local_infer_writes(tmp_path, cli):
     folder = write_dataset(tmp_path / "data", n=4, h=96, w=80) / "images"
     Image.fromarray(np.full((60, 50, 3), 200, np.uint8)).save(folder / "00000.jpg")  # a stem shared with 00000.png
@@ -35,6 +35,17 @@ def test_ray_writes_the_files_local_infer_writes(tmp_path, cli):
     files = sorted(p.name for p in (tmp_path / "local").iterdir())
     assert len(files) == 6 * 4 and "00000.jpg_mask.png" in files
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == files  # no temporary file left either
+    for name in files:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    # Resumed: the images with a picture missing are segmented again, the finished ones left alone.
+    for name in ("00001_mask.png", "00002_overlay.png"):
+        (tmp_path / "ray" / name).unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()}
+    resumed = cli("infer", folder, "-o", tmp_path / "ray", *options, "--ray", "--replicas", "2", "--threads", "1", "--skip-done")
+    assert resumed.out.startswith("starting Ray: 2 worker(s), 1 model thread(s) each, 3 image(s) (4 done already)"), resumed.out
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == files
+    rewritten = {p.name for p in (tmp_path / "ray").iterdir() if kept.get(p.name) != p.stat().st_mtime_ns}
+    assert rewritten == {f"0000{i}_{mode}.png" for i in (1, 2) for mode in ("mask", "cutout", "overlay", "background")}
     for name in files:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 

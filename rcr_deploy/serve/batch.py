@@ -103,11 +103,13 @@ def infer_folder(
     threads: int | None = None,
     address: str | None = None,
     announce: Callable[[str], None] | None = None,
+    skip_done: bool = False,
 ) -> InferResult:
     """`infer.infer` for a folder of images, over `replicas` Ray actors with `threads` model
     threads each (default: this machine's cores shared among them). Ray is started here unless
     this process is connected already, or joined at `address`; `announce` gets one line just
-    before Ray starts (the CLI prints it). Inputs, model and options are checked before that."""
+    before Ray starts (the CLI prints it). Inputs, model and options are checked before that.
+    `skip_done`: as local infer's, the images whose pictures are all written already are left out."""
     modes = parse_modes(save, background)
     bg = Background(background) if background is not None else None  # loaded here; the workers get its pixels
     kind, what = classify_input(source)
@@ -120,9 +122,13 @@ def infer_folder(
     check_output(out_dir, "--out", folder=True)
     model_arg = check_model(model, backend=backend, device=device, size=size)
     threads = threads_per_worker(threads, replicas)
+    folder = FolderImages(what[:max_frames])
+    if skip_done:
+        folder = folder.unfinished(Path(out_dir), modes)
     if announce is not None:
         where = f"joining Ray at {address}" if address else "starting Ray"
-        announce(f"{where}: {replicas} worker(s), {threads} model thread(s) each, {min(len(what), max_frames or len(what))} image(s) ...")
+        done = f" ({len(what[:max_frames]) - len(folder.paths)} done already)" if skip_done else ""
+        announce(f"{where}: {replicas} worker(s), {threads} model thread(s) each, {len(folder.paths)} image(s){done} ...")
     started = start_ray(address)
     worker_class = ray.remote(ImageWorker).options(
         num_cpus=0,  # as serve's replicas: the OS shares the cores, so a 2-core laptop runs 2 workers beside Ray's own
@@ -134,7 +140,7 @@ def infer_folder(
         # On a GPU each worker sees only the one Ray gave it, as cuda:0.
         worker_device = "cpu" if device == "cpu" else "cuda"
         workers = [worker_class.remote(model_arg, backend, worker_device, threads, size, feather, modes, bg, pipelined) for _ in range(replicas)]
-        return _segment_folder(what[:max_frames], Path(out_dir), modes, workers, pipelined, progress)
+        return _segment_folder(folder, Path(out_dir), modes, workers, pipelined, progress)
     finally:
         for w in workers:
             ray.kill(w)
@@ -142,9 +148,9 @@ def infer_folder(
             ray.shutdown()
 
 
-def _segment_folder(paths: list[Path], out_dir: Path, modes: tuple[str, ...], workers: list[Any], pipelined: bool, progress: bool) -> InferResult:
+def _segment_folder(folder: FolderImages, out_dir: Path, modes: tuple[str, ...], workers: list[Any], pipelined: bool, progress: bool) -> InferResult:
     """Keep every worker fed with `IN_FLIGHT` calls of `CHUNK` images and write what comes back."""
-    folder = FolderImages(paths)
+    paths = folder.paths
     name = _result([w.model_name.remote() for w in workers], out_dir)[0]  # every model loaded: the clock starts now
     output_dir(out_dir)  # after the workers started, so a run that cannot start leaves no folder behind
     sink = ImageSink(out_dir, modes)

@@ -100,3 +100,16 @@ def test_serving_page_quotes_the_recorded_load_test():
     assert _one(r"\(\d\.\d\dx with hey, (\d\.\d\d)x with the Python clients\)", page) == ratio["python"]
     low, high = sorted(ratio.values())
     assert _one(r"64 clients get (\d\.\d\d–\d\.\d\d)× the best cell", ROOT / "README.md") == f"{low}–{high}"
+
+
+def test_the_model_cards_framing_table_is_the_recorded_one_of_the_shipped_model():
+    sha = sha256_file(DEFAULT_CHECKPOINT)
+    record = json.loads((ROOT / "benchmarks" / "results" / f"framings-{sha[:12]}.json").read_text())
+    assert record["model_sha256"] == sha
+    scores = record["fg_miou"]
+    names = {"eg1800": "EG1800", "ccp": "CCP"}
+    expected = [f"| {names[d]}, {f} | " + " | ".join(f"{scores[m][d][f]:.2f}" for m in ("onnx-fp32", "onnx-int8", "openvino-int8", "mediapipe")) + " |"
+                for d in record["datasets"] for f in record["framings"]]  # fmt: skip
+    card = (ROOT / "docs" / "model-card.md").read_text().splitlines()
+    assert [line for line in card if line in expected] == expected
+    assert scores["openvino-fp32"] == scores["onnx-fp32"]  # what the card says of the IR

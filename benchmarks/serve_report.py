@@ -203,7 +203,8 @@ def _rounds_line(result: dict[str, Any]) -> str:
     several = {image: n for image, n in result["settings"].get("rounds", {}).items() if n > 1}
     return "".join(f" At {image} every cell ran in {n} interleaved rounds, each round taking the client counts in another "
                    "order; its row gives the medians over the rounds (the counts summed, the slowest answer of any round) "
-                   "and each round's img/s, and the targets are checked on the medians." for image, n in several.items())
+                   "and each round's img/s. The targets are ratios, checked on the median of each round's own ratio: the rounds "
+                   "ran minutes apart, and the machine's speed drifts between them." for image, n in several.items())
 
 
 def _by_round(row: dict[str, Any]) -> str:

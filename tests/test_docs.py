@@ -114,3 +114,15 @@ def test_the_model_cards_framing_table_is_the_recorded_one_of_the_shipped_model(
     assert [line for line in card if line in expected] == expected
     rounded = {m: {d: {f: round(v, 2) for f, v in by.items()} for d, by in scores[m].items()} for m in ("openvino-fp32", "onnx-fp32")}
     assert rounded["openvino-fp32"] == rounded["onnx-fp32"]  # what the card says of the IR
+
+
+def test_serving_page_quotes_the_recorded_infer_ray_run():
+    import numpy as np
+
+    runs = json.loads((ROOT / "benchmarks" / "results" / "infer-ray-cpu-2core.json").read_text())["runs"]
+    ips = {k: float(np.median([r["images_per_s"] for r in rows])) for k, rows in runs.items()}
+    quoted = re.search(r"local `infer` (\d+) images/s, `--ray` with 1 worker (\d+) \((\d\.\d\d)x\), with 2 workers (\d+) \((\d\.\d\d)x\)",
+                       _text(ROOT / "docs" / "serving.md"))  # fmt: skip
+    assert quoted, "docs/serving.md no longer quotes the infer --ray run"
+    assert quoted.groups() == (f"{ips['local']:.0f}", f"{ips['ray-1']:.0f}", f"{ips['ray-1'] / ips['local']:.2f}",
+                               f"{ips['ray-2']:.0f}", f"{ips['ray-2'] / ips['local']:.2f}")  # fmt: skip

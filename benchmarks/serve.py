@@ -1,6 +1,6 @@
 """`rcr-deploy serve` under load, as an operator would measure it: the server with its defaults.
 
-    python -m rcr_deploy.benchmarks.serve            # the recording: about 10 min on an idle 2-core machine
+    python -m rcr_deploy.benchmarks.serve            # the recording: about 9 min on an idle 2-core machine
     python -m rcr_deploy.benchmarks.serve --quick    # a smoke run: short cells, 224x224 only; writes serve-<machine>-quick.*
 
 The server is `rcr-deploy serve` in a subprocess with its own defaults (the default backend,

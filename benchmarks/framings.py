@@ -46,7 +46,8 @@ def measure(folder: Path, data: list[str], split: str, limit: int | None) -> dic
     scores: dict[str, dict[str, dict[str, float]]] = {}
     sidecar = folder / f"{ARTIFACT_NAMES['fp32']}.json"
     checkpoint = json.loads(sidecar.read_text())["checkpoint"] if sidecar.is_file() else {}
-    def each(score: Any) -> dict[str, dict[str, float]]:
+
+    def each(label: str, score: Any) -> dict[str, dict[str, float]]:
         out = {}
         for src in named:
             out[src.name] = {}
@@ -59,11 +60,10 @@ def measure(folder: Path, data: list[str], split: str, limit: int | None) -> dic
     for label, name in found:
         with load_runner(folder / name) as runner:
             size = Segmenter(runner).size
-            scores[label] = each(lambda src, f: 100 * evaluate(runner, src.root, size, limit, split, progress=False, framing=f).fg_miou)
-    label = "mediapipe"
+            scores[label] = each(label, lambda src, f: 100 * evaluate(runner, src.root, size, limit, split, progress=False, framing=f).fg_miou)
     try:
         mediapipe = peer.SelfieSegmenter()
-        scores[label] = each(lambda src, f: peer.fg_miou(mediapipe, src.root, split, limit, f, progress=False)[0])
+        scores["mediapipe"] = each("mediapipe", lambda src, f: peer.fg_miou(mediapipe, src.root, split, limit, f, progress=False)[0])
     except BackendUnavailable as e:
         print(f"MediaPipe not scored: {e}")
     bar.close()

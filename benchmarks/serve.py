@@ -8,9 +8,9 @@ every batch size compiled at start, load shedding on), on 127.0.0.1. For each im
 (224x224, 640x480, 1920x1080, made from the built-in sample portrait) and each number of clients
 (1, 4, 16, 64), the project's Python clients send for a warm-up and `--seconds`, then Debian's
 `hey` for as long (where hey is installed). The 224x224 cells, on which issue 21's targets are
-checked, run in `--rounds` interleaved rounds (client counts rotated each round) and count by
-their medians: the targets are ratios between cells, and one cell disturbed by the machine
-should not decide them. Each cell records throughput,
+checked, run in `--rounds` interleaved rounds (client counts rotated each round); each target,
+a ratio between cells, is checked on the median of its ratio within each round, so that the
+machine's drift between rounds and one disturbed cell do not decide it. Each cell records throughput,
 p50/p90/p99, 503s apart from failures, the server's CPU time per image and the mean batch. Then
 an overload run (twice the requests the server holds and queues) checks that excess load is shed
 with fast 503s, a replica is killed with 1 and with 2 replicas (serve_faults.py), and the server
@@ -228,8 +228,8 @@ def main() -> None:
     parser.add_argument("--clients", help=f"concurrent clients per cell (default {FULL['clients']})")
     parser.add_argument("--images", help=f"image sizes, WIDTHxHEIGHT (default {FULL['images']})")
     parser.add_argument("--seconds", type=float, help=f"seconds per cell and load generator (default {FULL['seconds']:g})")
-    parser.add_argument("--rounds", type=int, help=f"interleaved rounds of the {CHECK_IMAGE} cells, whose medians the targets "
-                        f"are checked on (default {FULL['rounds']}; each round takes the client counts in another order)")
+    parser.add_argument("--rounds", type=int, help=f"interleaved rounds of the {CHECK_IMAGE} cells; the targets are checked on the "
+                        f"median of each round's ratio (default {FULL['rounds']}; each round takes the client counts in another order)")
     parser.add_argument("--kill-replicas", help=f"replica counts of the kill runs ('' for none; default {FULL['kill_replicas']})")
     parser.add_argument("--no-sigterm", dest="sigterm", action="store_false", help="skip the SIGTERM run")
     parser.add_argument("--no-hey", dest="hey", action="store_false", help="the Python clients only, even where hey is installed")

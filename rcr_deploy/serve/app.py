@@ -38,7 +38,7 @@ from rcr_deploy.serve import v2
 from rcr_deploy.serve.cluster import check_model, start_ray, threads_per_worker
 from rcr_deploy.serve.protocol import (
     BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, MAX_SESSIONS, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S,
-    SESSION_HEADER, SESSION_IDLE_S, RequestError, choose_output, decode_image, encode_result, error_body, replica_slots,
+    SESSION_HEADER, SESSION_IDLE_S, RequestError, body_too_large, choose_output, decode_image, encode_result, error_body, replica_slots,
 )
 from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
 from rcr_deploy.serve.prometheus import ReplicaMetrics
@@ -110,13 +110,13 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     stops a body at the limit (proxy_limit.py); this check holds behind any other ingress."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"body of {int(declared) / 2**20:.0f} MiB is past the {limit // 2**20} MiB limit; send a smaller image")
+        raise body_too_large(limit, int(declared))
     # One growing buffer, not a list of chunks: past glibc's mmap threshold it is handed back to
     # the OS when a refused body is dropped, where many small chunks would stay in the heap.
     body = bytearray()
     async for chunk in request.stream():
         if len(body) + len(chunk) > limit:
-            raise RequestError(413, f"body past the {limit // 2**20} MiB limit; send a smaller image")
+            raise body_too_large(limit)
         body += chunk
     return bytes(body)
 

@@ -61,6 +61,12 @@ class RequestError(Exception):
         return error_body(str(self))
 
 
+def body_too_large(limit: int, size: int | None = None) -> RequestError:
+    """The 413 for a body past `limit` bytes: of `size` bytes when known, else while streaming."""
+    what = "body" if size is None else f"body of {size / 2**20:.0f} MiB is"
+    return RequestError(413, f"{what} past the {limit // 2**20} MiB limit; send a smaller image")
+
+
 def error_body(message: str) -> bytes:
     """The one-line JSON every error response carries."""
     return (json.dumps({"error": message.splitlines()[0] if message else "error"}) + "\n").encode()
@@ -91,7 +97,7 @@ def decode_image(body: bytes, content_type: str | None, max_megapixels: float = 
     if not body:
         raise RequestError(400, "empty body; send the bytes of one image (JPEG, PNG, BMP, TIFF or WebP)")
     if len(body) > MAX_BODY_BYTES:
-        raise RequestError(413, f"body of {len(body) / 2**20:.0f} MiB is past the {MAX_BODY_BYTES // 2**20} MiB limit; send a smaller image")
+        raise body_too_large(MAX_BODY_BYTES, len(body))
     try:
         with Image.open(io.BytesIO(body)) as probe:
             w, h = probe.size
@@ -127,7 +133,7 @@ def form_image(body: bytes, content_type: str) -> tuple[bytes, str]:
             parts.append((name, "filename=" in disposition, headers.get("content-type", ""), data.removesuffix(b"\r\n")))
     if not parts:
         raise RequestError(400, "multipart/form-data body has no parts; send the image as a form field named 'image'")
-    name, _, kind, data = next((p for p in parts if p[0] in ("image", "file")), next((p for p in parts if p[1]), parts[0]))
+    _, _, kind, data = next((p for p in parts if p[0] in ("image", "file")), next((p for p in parts if p[1]), parts[0]))
     return data, kind.split(";")[0].strip().lower()
 
 

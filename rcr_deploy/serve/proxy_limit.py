@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from rcr_deploy.serve.protocol import MAX_BODY_BYTES, RequestError
+from rcr_deploy.serve.protocol import MAX_BODY_BYTES, RequestError, body_too_large
 
 #: The import path Ray Serve calls in each proxy process for its extra middlewares.
 PROXY_CALLBACK = "rcr_deploy.serve.proxy_limit.middlewares"
@@ -40,7 +40,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send, f"body of {int(declared) / 2**20:.0f} MiB is past the {self.limit // 2**20} MiB limit")
+            return await self._refuse(send, body_too_large(self.limit, int(declared)))
         seen, refused, started = 0, False, False
 
         async def limited() -> Message:
@@ -64,13 +64,13 @@ class BodyLimit:
 
         await self.app(scope, limited, guarded)
         if refused and not started:
-            await self._refuse(send, f"body past the {self.limit // 2**20} MiB limit")
+            await self._refuse(send, body_too_large(self.limit))
 
     @staticmethod
-    async def _refuse(send: Send, reason: str) -> None:
-        body = RequestError(413, f"{reason}; send a smaller image").body()
+    async def _refuse(send: Send, refusal: RequestError) -> None:
+        body = refusal.body()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

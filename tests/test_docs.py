@@ -126,3 +126,35 @@ def test_serving_page_quotes_the_recorded_infer_ray_run():
     assert quoted, "docs/serving.md no longer quotes the infer --ray run"
     assert quoted.groups() == (f"{ips['local']:.0f}", f"{ips['ray-1']:.0f}", f"{ips['ray-1'] / ips['local']:.2f}",
                                f"{ips['ray-2']:.0f}", f"{ips['ray-2'] / ips['local']:.2f}")  # fmt: skip
+
+
+def test_training_page_quotes_the_recorded_interpolation_sweep():
+    record = json.loads((ROOT / "benchmarks" / "results" / "mix-wise-cpu-2core.json").read_text())
+    page = (ROOT / "docs" / "training.md").read_text()
+    rows = re.findall(r"^\| \**(\d(?:\.\d+)?)\** \| (\d+\.\d\d) \| (\d+\.\d\d) \|$", page, flags=re.M)
+    expected = [(f"{r['alpha']:g}", f"{r['fg_miou']['eg1800']:.2f}", f"{r['fg_miou']['ccp']:.2f}") for r in record["sweep"]]
+    assert rows == expected
+    assert f"α = {record['chosen_alpha']:g} keeps EG1800 at" in " ".join(page.split())
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT).meta["interpolation"]  # the sweep is the one that made the shipped model
+    assert (shipped["tuned_sha256"], shipped["chosen_alpha"]) == (record["tuned_sha256"], record["chosen_alpha"])
+
+
+def test_the_model_cards_size_table_is_the_recorded_one_of_the_shipped_model():
+    sha = sha256_file(DEFAULT_CHECKPOINT)
+    rows = json.loads((ROOT / "benchmarks" / "results" / f"val-sizes-{sha[:12]}.json").read_text())["rows"]
+    by = {(r["name"], r["size"]): r for r in rows if r["framing"] == "as-is"}
+    card = _text(ROOT / "docs" / "model-card.md")
+    for size in sorted({s for _, s in by}):
+        cells = [f"{100 * by[(d, size)][k]:.2f}" for d in ("eg1800", "ccp") for k in ("fg_miou", "class_miou")]
+        found = re.search(rf"\| (?:\*\*)?{size}(?:\*\*)?(?: \(trained\))? \| " + r" \| ".join(rf"(?:\*\*)?{c}(?:\*\*)?" for c in cells) + " |", card)
+        assert found, f"docs/model-card.md: no validation row for {size} reading {cells}"
+
+
+def test_the_model_cards_calibration_table_is_the_recorded_one_of_the_shipped_model():
+    sha = sha256_file(DEFAULT_CHECKPOINT)
+    scores = json.loads((ROOT / "benchmarks" / "results" / f"int8-calib-{sha[:12]}.json").read_text())["fg_miou"]
+    card = (ROOT / "docs" / "model-card.md").read_text().splitlines()
+    cols = [(d, f) for d in ("eg1800", "ccp") for f in ("as-is", "reframed")]
+    for label, name in (("fp32", "FP32"), ("int8-minmax", "min–max"), ("int8-percentile", "percentile")):
+        cells = [f"{scores[label][d][f]:.2f}" + ("" if label == "fp32" else f" ({scores[label][d][f] - scores['fp32'][d][f]:+.2f})") for d, f in cols]
+        assert f"| {name} | " + " | ".join(cells) + " |" in card, f"docs/model-card.md: the {name} row is not the recorded one"

@@ -73,19 +73,27 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
 
     names = list(dict.fromkeys(name for entry in log for name in _curves(entry)))
     fig, axes = plt.subplots(1, len(names), figsize=(8 if len(names) == 1 else 6.5 * len(names), 4.4), squeeze=False)
+    colours = plt.get_cmap("tab20").colors  # a run keeps its colour in every panel
     for ax, name in zip(axes[0], names):
-        for entry in log:
+        for i, entry in enumerate(log):
             curve = _curves(entry).get(name)
             if curve:
                 xs = [(entry.get("start_samples", 0) + c[1]) / 1e6 for c in curve]
-                ax.plot(xs, [c[2] for c in curve], "o-", ms=3, label=f"{entry['name']} ({entry['hardware']})")
+                colour = colours[2 * i % 20 + 2 * i // 20 % 2]
+                ax.plot(xs, [c[2] for c in curve], "o-", ms=3, color=colour, label=f"{entry['name']} ({entry['hardware']})")
+                if "interpolation" in entry and name in entry.get("by_data", {}):  # what was shipped is off the curve
+                    alpha = entry["interpolation"]["chosen_alpha"]
+                    ax.plot(xs[-1:], [100 * entry["by_data"][name]["val_224"]["fg_miou"]], "D", ms=7, color=colour,
+                            label=f"{entry['name']}: shipped, weights interpolated at alpha {alpha:g}")  # fmt: skip
         if name == "eg1800":
             ax.plot([PAPER_SAMPLES / 1e6], [PAPER_FG_MIOU], "k*", ms=12, label=f"paper: {PAPER_FG_MIOU} after 2.4 M samples")
             ax.axhline(GOAL_FG_MIOU, color="grey", ls=":", lw=1, label=f"goal ({GOAL_FG_MIOU})")
         ax.set(xlabel="samples seen since initialisation (millions)", ylabel="val mean per-image fg IoU (%)", title=f"RCRNet on {name}: training log")
-        ax.set_xscale("log")  # runs differ by orders of magnitude in samples
+        low, high = ax.get_xlim()
+        if high > 10 * max(low, 1e-3):
+            ax.set_xscale("log")  # runs differ by orders of magnitude in samples
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     _save(fig, path)
 
 

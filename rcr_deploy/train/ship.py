@@ -6,7 +6,9 @@
 writes rcr_deploy/assets/rcrnet-eg1800.pt from the run's best.pt (refused unless the
 re-parameterisation check passes), appends the run to docs/training-log.json, redraws
 docs/training-log.png, and prints the validation scores at 224x224 on each dataset's split as it
-is and on its reframed version (`eval --framing reframed`) for the model card. The first --data is the
+is and on its reframed version (`eval --framing reframed`) for the model card. RUN may be the output
+of `python -m rcr_deploy.train.interpolate`: the log then keeps the run's curve and marks the
+interpolated weights that were shipped. The first --data is the
 one the log's main curve and the historical `val_224` fields follow (EG1800 for the shipped model).
 """
 
@@ -37,7 +39,7 @@ def _score(checkpoint: Path, data: Path, framing: str) -> dict[str, float]:
     return {"fg_miou": report.fg_miou, "class_miou": report.class_miou, "images": report.n_images}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder with best.pt and history.json")
     parser.add_argument("--data", type=Path, action="append", required=True, help="a dataset the run was validated on (repeat)")
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--log", type=Path, default=Path("docs/training-log.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/training-log.png"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     best = args.run / "best.pt"
     named = sources([str(d) for d in args.data])
@@ -66,6 +68,7 @@ def main() -> None:
         history, sum(len(list_pairs(s.root, "train")) for s in named), name=args.name, hardware=args.hardware, command=args.command,
         date=datetime.date.today().isoformat(), start_samples=args.start_samples,
         wall_s=shipped.meta.get("wall_s"), best=shipped.meta.get("best"), **scores,
+        **({"interpolation": shipped.meta["interpolation"]} if "interpolation" in shipped.meta else {}),
     )  # fmt: skip
     log.plot_log(log.append(args.log, entry), args.plot)
     print(json.dumps({"shipped": str(args.out), "epochs": shipped.meta.get("epochs_done"), **scores}))

@@ -47,6 +47,9 @@ def spawn(*args: str, fsize: int | None = None, **kw) -> subprocess.Popen:
     """`python -m rcr_deploy ARGS` in its own process; `fsize` caps every file it writes."""
 
     def limit() -> None:
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+        # the Ctrl-C tests must not depend on how pytest itself was started.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing

@@ -146,7 +146,7 @@ def test_the_model_cards_size_table_is_the_recorded_one_of_the_shipped_model():
     card = _text(ROOT / "docs" / "model-card.md")
     for size in sorted({s for _, s in by}):
         cells = [f"{100 * by[(d, size)][k]:.2f}" for d in ("eg1800", "ccp") for k in ("fg_miou", "class_miou")]
-        found = re.search(rf"\| (?:\*\*)?{size}(?:\*\*)?(?: \(trained\))? \| " + r" \| ".join(rf"(?:\*\*)?{c}(?:\*\*)?" for c in cells) + " |", card)
+        found = re.search(rf"\| (?:\*\*)?{size}(?:\*\*)?(?: \(trained\))? \| " + r" \| ".join(rf"(?:\*\*)?{re.escape(c)}(?:\*\*)?" for c in cells) + r" \|", card)
         assert found, f"docs/model-card.md: no validation row for {size} reading {cells}"
 
 

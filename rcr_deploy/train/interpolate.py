@@ -60,10 +60,10 @@ def _parents(base_path: Path, tuned_path: Path) -> tuple[Checkpoint, Checkpoint,
         tuned_path = tuned_path / "best.pt"
     base = load_checkpoint(base_path, require_form="train")
     tuned = load_checkpoint(tuned_path, require_form="train")
-    if base.arch != tuned.arch or base.model.state_dict().keys() != tuned.model.state_dict().keys():
+    a, b = base.model.state_dict(), tuned.model.state_dict()
+    if base.arch != tuned.arch or a.keys() != b.keys():
         raise CheckpointError(f"{tuned_path}: a {tuned.arch} that does not match {base_path} ({base.arch}); interpolate a fine-tune of BASE")
-    shapes = {k: v.shape for k, v in base.model.state_dict().items()}
-    if any(v.shape != shapes[k] for k, v in tuned.model.state_dict().items()):
+    if any(v.shape != a[k].shape for k, v in b.items()):
         raise CheckpointError(f"{tuned_path}: its tensors' shapes differ from {base_path}'s; interpolate a fine-tune of BASE")
     return base, tuned, history if history is not None and history.is_file() else None
 

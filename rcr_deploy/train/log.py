@@ -79,7 +79,7 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
             curve = _curves(entry).get(name)
             if curve:
                 xs = [(entry.get("start_samples", 0) + c[1]) / 1e6 for c in curve]
-                colour = colours[2 * i % 20 + 2 * i // 20 % 2]
+                colour = colours[2 * i % 20 + 2 * i // 20 % 2]  # the dark shade of each pair, then the light ones
                 ax.plot(xs, [c[2] for c in curve], "o-", ms=3, color=colour, label=f"{entry['name']} ({entry['hardware']})")
                 if "interpolation" in entry and name in entry.get("by_data", {}):  # what was shipped is off the curve
                     alpha = entry["interpolation"]["chosen_alpha"]

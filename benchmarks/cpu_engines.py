@@ -17,10 +17,8 @@ Without --data, mIoU is left out and --calib must name a folder of images for IN
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +30,7 @@ from tqdm import tqdm
 
 from rcr_deploy.benchmarks import peer as mediapipe
 from rcr_deploy.benchmarks.timing import time_interleaved, timed_on_cpu
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, peak_flops
+from rcr_deploy.benchmarks.machine import RESULTS, provenance, machine_info, machine_kind, peak_flops
 from rcr_deploy.artifact import ARTIFACT_NAMES, format_path
 from rcr_deploy.errors import TYPED, RcrError, report
 from rcr_deploy.evaluate import evaluate
@@ -361,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     report = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "rcr_deploy.benchmarks.cpu_engines", *(argv if argv is not None else sys.argv[1:])]),
+        **provenance("cpu_engines", argv),
         "machine": info,
         "machine_kind": machine_kind(info),
         "versions": versions,

@@ -12,18 +12,15 @@ figure is `evaluate` at 224 (the artifact's own size), as `rcr-deploy eval` prin
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from rcr_deploy.artifact import ARTIFACT_NAMES
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, write_result
+from rcr_deploy.benchmarks.machine import RESULTS, provenance, machine_info, write_result
 from rcr_deploy.data.augment import FRAMINGS
 from rcr_deploy.data.folder import sources
 from rcr_deploy.errors import BackendUnavailable
@@ -68,8 +65,7 @@ def measure(folder: Path, data: list[str], split: str, limit: int | None) -> dic
         print(f"MediaPipe not scored: {e}")
     bar.close()
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "rcr_deploy.benchmarks.framings", *sys.argv[1:]]),
+        **provenance("framings"),
         "export": str(folder), "model_sha256": checkpoint.get("sha256"), "split": split, "limit": limit,
         "datasets": [src.name for src in named], "framings": list(FRAMINGS), "fg_miou": scores,
         "machine": machine_info(os.cpu_count() or 1),

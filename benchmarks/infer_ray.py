@@ -13,9 +13,6 @@ Results: benchmarks/results/infer-ray-<machine>.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, machine_kind, write_result
+from rcr_deploy.benchmarks.machine import RESULTS, provenance, machine_info, machine_kind, write_result
 from rcr_deploy.data.folder import list_pairs
 from rcr_deploy.infer import infer
 from rcr_deploy.serve.batch import infer_folder
@@ -54,8 +51,7 @@ def measure(data: str, images: int, rounds: int) -> dict[str, Any]:
                 runs[kind].append(one(kind, folder, Path(tmp) / f"{kind}-{r}"))
                 print(f"round {r + 1}, {kind}: {runs[kind][-1]}", flush=True)
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "rcr_deploy.benchmarks.infer_ray", *sys.argv[1:]]),
+        **provenance("infer_ray"),
         "images": len(pairs), "rounds": rounds, "save": SAVE, "runs": runs, "machine": machine_info(0),
     }
 

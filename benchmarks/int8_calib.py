@@ -14,16 +14,14 @@ The calibration folder should hold images of every dataset: the export takes the
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rcr_deploy.artifact import ARTIFACT_NAMES
-from rcr_deploy.benchmarks.machine import RESULTS, machine_info, write_result
+from rcr_deploy.benchmarks.machine import RESULTS, provenance, machine_info, write_result
 from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT
 from rcr_deploy.data.folder import sources
 from rcr_deploy.evaluate import evaluate
@@ -53,8 +51,7 @@ def measure(model: Path, calib: Path, count: int, methods: list[str], data: list
             scores[f"int8-{method}"] = _scores(out / ARTIFACT_NAMES["int8"], data, split)
             print(f"{method}: {scores[f'int8-{method}']}", file=sys.stderr, flush=True)
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "rcr_deploy.benchmarks.int8_calib", *sys.argv[1:]]),
+        **provenance("int8_calib"),
         "model_sha256": sha256_file(model), "calib": {"folder": str(calib), "count": count}, "split": split,
         "datasets": [s.name for s in sources(data)], "framings": list(FRAMINGS), "fg_miou": scores,
         "machine": machine_info(os.cpu_count() or 1),

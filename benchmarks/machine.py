@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import importlib.metadata
 import os
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +70,16 @@ def machine_kind(info: dict[str, Any]) -> str:
     if info["gpu"]:
         return info["gpu"].lower().replace("nvidia", "").strip().replace(" ", "-")
     return f"cpu-{info['cores']}core"
+
+
+def provenance(module: str, argv: list[str] | None = None) -> dict[str, str]:
+    """A record's `created` (UTC) and `command` (`python -m rcr_deploy.benchmarks.MODULE ARGS`,
+    the arguments `argv` or this process's)."""
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", f"rcr_deploy.benchmarks.{module}", *args]),
+    }
 
 
 def write_result(stem: Path, result: dict[str, Any], markdown: str) -> None:

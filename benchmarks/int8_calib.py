@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("model", type=Path, nargs="?", default=DEFAULT_CHECKPOINT, help="checkpoint (default: the built-in one)")
     parser.add_argument("--calib", type=Path, required=True, help="folder of calibration images (of every dataset)")
-    parser.add_argument("--calib-count", type=int, default=32, help="images used (entropy and percentile hold all their activations)")
+    parser.add_argument("--calib-count", type=int, default=32, help="calibration images: the first N by name")
     parser.add_argument("--methods", default=",".join(CALIB_METHODS), help="comma-separated calibration methods")
     parser.add_argument("--data", action="append", required=True, help="a dataset folder; repeat for several")
     parser.add_argument("--split", default="val")

@@ -37,6 +37,7 @@ from rcr_deploy.errors import DataError, ExportError, RcrError, VerificationErro
 from rcr_deploy.preprocess import load_image, preprocess
 from rcr_deploy.reparam import Tolerance
 
+from rcr_deploy.exporters.calibration import calibrate
 from rcr_deploy.exporters.onnx import INPUT_NAME, validate
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import OpenVINORunner
@@ -53,9 +54,8 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 #: shipped model at 224 (docs/cpu-engines.md): logits up to about 1 apart, >= 99.3 % same class. As
 #: for INT8 against FP32, the logit bound catches a broken graph and the pixel agreement is the gate.
 CROSS_RUNTIME = (Tolerance(rtol=0.5, atol=0.5), 0.95)
-#: Default calibration images per method. MinMax keeps two scalars per tensor and image; the
-#: histogram methods keep every activation of every image in memory (~77 MiB per image for the
-#: full RCRNet at 224x224), so they default to fewer.
+#: Default calibration images per method, the first N by name (set when the histogram methods held
+#: every image in memory; docs/export.md says what the count does to accuracy).
 DEFAULT_CALIB_COUNT = {"minmax": 128, "entropy": 32, "percentile": 32}
 
 
@@ -116,18 +116,20 @@ def quantize_int8(
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ExportError(f"unknown calibration method {method!r}; use one of {', '.join(CALIB_METHODS)}")
-    present = {n.op_type for n in fp32.graph.node}
+    op_types = [op for op in QUANTIZED_OPS if op in {n.op_type for n in fp32.graph.node}]
     reader = _ImageReader(calib_images, size, in_channels, progress)
     with tempfile.TemporaryDirectory(prefix="rcr-int8-") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, dst, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         onnx.save_model(fp32, str(src))
         try:
+            calibrate(src, op_types, method, reader, cache)
             quantize_static(
                 str(src),
                 str(dst),
-                reader,
+                None,
+                calibration_cache_path=str(cache),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=[op for op in QUANTIZED_OPS if op in present],
+                op_types_to_quantize=op_types,
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
@@ -142,10 +144,7 @@ def quantize_int8(
                     # let a symmetric int8 range waste half its codes on negatives.
                     "QDQKeepRemovableActivations": True,
                     "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),  # rule 2
-                    "CalibTensorRangeSymmetric": True,
-                    # Not CalibMaxIntermediateOutputs: ORT 1.32 drops (not merges) each full chunk.
                 },
-                calibration_providers=["CPUExecutionProvider"],
             )
         except DataError:
             raise

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from rcr_deploy.exporters import onnx as onnx_export
-from rcr_deploy.exporters import pipeline, precision
+from rcr_deploy.exporters import calibration, pipeline, precision
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.errors import CheckpointError, DataError, ExportError, RcrError, VerificationError
 from rcr_deploy.models import build_model
@@ -338,6 +338,44 @@ def test_int8_calibration_methods(exported, method):
     images = list_images(exported["calib"])[:2]
     model = precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, method, progress=False)
     assert precision.check_qdq_placement(model)["DequantizeLinear"] > 0
+
+
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    inits = {i.name: i for i in model.graph.initializer}
+    return {
+        q.input[0]: float(onnx.numpy_helper.to_array(inits[q.input[1]]))
+        for q in model.graph.node
+        if q.op_type == "QuantizeLinear" and q.input[0] not in inits
+    }
+
+
+def test_int8_entropy_calibration_searches_thresholds(exported):
+    """ORT's quantize_static alone builds the entropy calibrator with 128 bins and 128 quantised
+    bins: one candidate threshold, the full range, so its scales equal min-max's. Ours clip
+    some activations, never the graph input (8-bit pixels)."""
+    fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
+    images = list_images(exported["calib"])[:1]
+    minmax, entropy = (
+        _activation_scales(precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, m, progress=False)) for m in ("minmax", "entropy")
+    )
+    assert minmax.keys() == entropy.keys() and minmax
+    assert all(entropy[n] <= minmax[n] * (1 + 1e-5) for n in minmax)  # a threshold inside the observed range
+    assert sum(entropy[n] < 0.99 * minmax[n] for n in minmax) >= len(minmax) // 4
+    assert entropy[onnx_export.INPUT_NAME] == pytest.approx(minmax[onnx_export.INPUT_NAME], rel=1e-3)
+
+
+def test_int8_calibration_in_chunks_sees_every_image(exported, monkeypatch):
+    """The calibrator reads the images a chunk per call (bounded memory); min-max ranges are the
+    same whatever the chunk, so none is lost or read twice."""
+    fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
+    images = list_images(exported["calib"])[:3]
+    scales = []
+    for chunk in (1, 2, 8):
+        monkeypatch.setattr(calibration, "CALIB_CHUNK", chunk)
+        scales.append(_activation_scales(precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, "minmax", progress=False)))
+    assert scales[0] == scales[1] == scales[2]
+    one = _activation_scales(precision.quantize_int8(fp32, images[:1], (SIZE, SIZE), 4, "minmax", progress=False))
+    assert one != scales[0]  # the other images count
 
 
 def test_validation_fails_hard_beyond_tolerance(exported, monkeypatch):

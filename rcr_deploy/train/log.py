@@ -48,11 +48,11 @@ def append(path: str | os.PathLike, entry: dict[str, Any]) -> list[dict[str, Any
     return log
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
-    """Write a figure as PNG atomically and free it."""
+def _save(fig: Any, path: str | os.PathLike, rect: tuple[float, float, float, float] | None = None) -> None:
+    """Write a figure as PNG atomically and free it; `rect` is the part the axes may fill."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -72,7 +72,8 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(name for entry in log for name in _curves(entry)))
-    fig, axes = plt.subplots(1, len(names), figsize=(8 if len(names) == 1 else 6.5 * len(names), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(8 if len(names) == 1 else 6.5 * len(names), 6.4), squeeze=False)
+    legend: dict[str, Any] = {}  # one legend for the panels, below them: the runs would hide the curves
     colours = plt.get_cmap("tab20").colors  # a run keeps its colour in every panel
     for ax, name in zip(axes[0], names):
         for i, entry in enumerate(log):
@@ -83,8 +84,9 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
                 ax.plot(xs, [c[2] for c in curve], "o-", ms=3, color=colour, label=f"{entry['name']} ({entry['hardware']})")
                 if "interpolation" in entry and name in entry.get("by_data", {}):  # what was shipped is off the curve
                     alpha = entry["interpolation"]["chosen_alpha"]
+                    state = "shipped" if entry is log[-1] else "shipped before"
                     ax.plot(xs[-1:], [100 * entry["by_data"][name]["val_224"]["fg_miou"]], "D", ms=7, color=colour,
-                            label=f"{entry['name']}: shipped, weights interpolated at alpha {alpha:g}")  # fmt: skip
+                            label=f"{entry['name']}: {state}, weights interpolated at alpha {alpha:g}")  # fmt: skip
         if name == "eg1800":
             ax.plot([PAPER_SAMPLES / 1e6], [PAPER_FG_MIOU], "k*", ms=12, label=f"paper: {PAPER_FG_MIOU} after 2.4 M samples")
             ax.axhline(GOAL_FG_MIOU, color="grey", ls=":", lw=1, label=f"goal ({GOAL_FG_MIOU})")
@@ -93,8 +95,9 @@ def plot_log(log: list[dict[str, Any]], path: str | os.PathLike) -> None:
         if high > 10 * max(low, 1e-3):
             ax.set_xscale("log")  # runs differ by orders of magnitude in samples
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=2 if len(names) > 1 else 1, fontsize=7)
+    _save(fig, path, rect=(0, 0.3, 1, 1))
 
 
 def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> None:

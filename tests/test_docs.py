@@ -129,7 +129,7 @@ def test_serving_page_quotes_the_recorded_infer_ray_run():
 
 
 def test_training_page_quotes_the_recorded_interpolation_sweep():
-    record = json.loads((ROOT / "benchmarks" / "results" / "mix-wise-cpu-2core.json").read_text())
+    record = json.loads((ROOT / "benchmarks" / "results" / "mix-wise2-cpu-2core.json").read_text())
     page = (ROOT / "docs" / "training.md").read_text()
     rows = re.findall(r"^\| \**(\d(?:\.\d+)?)\** \| (\d+\.\d\d) \| (\d+\.\d\d) \|$", page, flags=re.M)
     expected = [(f"{r['alpha']:g}", f"{r['fg_miou']['eg1800']:.2f}", f"{r['fg_miou']['ccp']:.2f}") for r in record["sweep"]]
@@ -155,6 +155,6 @@ def test_the_model_cards_calibration_table_is_the_recorded_one_of_the_shipped_mo
     scores = json.loads((ROOT / "benchmarks" / "results" / f"int8-calib-{sha[:12]}.json").read_text())["fg_miou"]
     card = (ROOT / "docs" / "model-card.md").read_text().splitlines()
     cols = [(d, f) for d in ("eg1800", "ccp") for f in ("as-is", "reframed")]
-    for label, name in (("fp32", "FP32"), ("int8-minmax", "min–max"), ("int8-percentile", "percentile")):
+    for label, name in (("fp32", "FP32"), ("int8-minmax", "min–max"), ("int8-entropy", "entropy"), ("int8-percentile", "percentile")):
         cells = [f"{scores[label][d][f]:.2f}" + ("" if label == "fp32" else f" ({scores[label][d][f] - scores['fp32'][d][f]:+.2f})") for d, f in cols]
         assert f"| {name} | " + " | ".join(cells) + " |" in card, f"docs/model-card.md: the {name} row is not the recorded one"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from rcr_deploy.artifact import ARTIFACT_NAMES
+from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
+from rcr_deploy.benchmarks.machine import machine_info, provenance
 from rcr_deploy.data.folder import list_pairs, load_pair
 from rcr_deploy.evaluate import predict
 from rcr_deploy.fileio import write_text_atomic
@@ -66,7 +66,9 @@ def measure(folder: Path, data: Path, split: str, size: int, limit: int | None =
          "pixel_agreement_with_onnx_fp32": agree[label] / total}
         for label in runners
     ]  # fmt: skip
-    return {"data": str(data), "split": split, "images": len(pairs), "size": size, "machine": platform.machine(), "rows": rows}
+    checkpoint = read_manifest(folder / ARTIFACT_NAMES["fp32"]).get("checkpoint", {})
+    return {"data": str(data), "split": split, "images": len(pairs), "size": size, "model_sha256": checkpoint.get("sha256"),
+            "machine": machine_info(2), "rows": rows}  # fmt: skip
 
 
 def main() -> None:
@@ -78,10 +80,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args()
-    result = measure(args.folder, args.data, args.split, args.size, args.limit)
-    result["command"] = "python -m rcr_deploy.benchmarks.phone_accuracy " + " ".join(
-        [str(args.folder), "--data", str(args.data), "--split", args.split, "--size", str(args.size)]
-    )
+    result = {**provenance("phone_accuracy"), **measure(args.folder, args.data, args.split, args.size, args.limit)}
     text = json.dumps(result, indent=2)
     if args.json:
         write_text_atomic(args.json, text + "\n")

@@ -158,3 +158,19 @@ def test_the_model_cards_calibration_table_is_the_recorded_one_of_the_shipped_mo
     for label, name in (("fp32", "FP32"), ("int8-minmax", "min–max"), ("int8-entropy", "entropy"), ("int8-percentile", "percentile")):
         cells = [f"{scores[label][d][f]:.2f}" + ("" if label == "fp32" else f" ({scores[label][d][f] - scores['fp32'][d][f]:+.2f})") for d, f in cols]
         assert f"| {name} | " + " | ".join(cells) + " |" in card, f"docs/model-card.md: the {name} row is not the recorded one"
+
+
+def test_the_tflite_page_quotes_the_recorded_phone_accuracy_of_the_shipped_model():
+    records = [json.loads((ROOT / "benchmarks" / "results" / f"phone-accuracy-{d}-val.json").read_text()) for d in ("eg1800", "ccp")]
+    assert all(r["model_sha256"] == sha256_file(DEFAULT_CHECKPOINT) for r in records), "re-run phone_accuracy for the shipped model"
+
+    def cells(row: dict) -> str:
+        delta = "" if row["model"] == "onnx-fp32" else f" ({row['fg_miou_vs_onnx_fp32']:+.2f})"
+        return f"{row['fg_miou']:.2f}{delta} | {100 * row['pixel_agreement_with_onnx_fp32']:.3f} %"
+
+    by_model = [{r["model"]: r for r in record["rows"]} for record in records]
+    expected = [f"| {m} | {cells(by_model[0][m])} | {cells(by_model[1][m])} |" for m in by_model[0]]
+    page = (ROOT / "docs" / "targets" / "tflite.md").read_text().splitlines()
+    assert [line for line in page if line in expected] == expected
+    int8 = [f"{-b['tflite-int8']['fg_miou_vs_onnx_fp32']:.2f}" for b in by_model]
+    assert f"INT8 loses {int8[0]} fg mIoU there and {int8[1]} on CCP's" in _text(ROOT / "README.md")

@@ -4,6 +4,7 @@ the arithmetic, the choice of alpha, what it writes, and its refusals."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,23 @@ def test_ship_takes_the_interpolated_run_and_logs_what_it_shipped(parents, tmp_p
     assert 100 * entry["val_224"]["fg_miou"] == pytest.approx(entry["interpolation"]["fg_miou"]["selfies"], abs=0.01)
     assert (tmp_path / "log.png").stat().st_size > 0
     assert load_checkpoint(shipped).meta["interpolation"]["base_sha256"] == load_checkpoint(root / "base.pt").sha256
+
+
+def test_the_tradeoff_plot_draws_the_recorded_runs_and_sweeps(tmp_path):
+    """benchmarks/tradeoff.py from the records it reads (the runs', the sweeps', the shipped
+    model's framings); a missing framings record is a FileNotFoundError, not a silent blank."""
+    import shutil
+
+    from rcr_deploy.benchmarks import tradeoff
+    from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT
+    from rcr_deploy.fileio import sha256_file
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    names = [p.name for p in results.glob("mix-*-cpu-2core.json")] + [f"framings-{sha256_file(DEFAULT_CHECKPOINT)[:12]}.json"]
+    for name in names:
+        shutil.copy(results / name, tmp_path / name)
+    tradeoff.plot(tmp_path, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    (tmp_path / names[-1]).unlink()
+    with pytest.raises(FileNotFoundError):
+        tradeoff.plot(tmp_path, tmp_path / "u.png")

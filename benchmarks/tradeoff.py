@@ -1,0 +1,72 @@
+"""Selfies against whole bodies: every validated epoch of the mixed fine-tunes and every point of
+the weight-interpolation sweeps, EG1800 on one axis and CCP on the other, beside MediaPipe and
+the region the shipped model aims for (issue: CCP >= 88 while EG1800 >= 95.2).
+
+    python -m rcr_deploy.benchmarks.tradeoff
+
+Reads benchmarks/results/mix-ft*-cpu-2core.json (the runs' histories), mix-wise*-cpu-2core.json
+(the sweeps) and the shipped model's framings record (MediaPipe's scores on the same images);
+writes benchmarks/results/tradeoff-cpu-2core.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rcr_deploy.benchmarks.machine import RESULTS
+from rcr_deploy.checkpoint import DEFAULT_CHECKPOINT
+from rcr_deploy.fileio import atomic_path, sha256_file
+
+AIM = {"eg1800": 95.2, "ccp": 88.0}
+
+
+def _load(pattern: str, results: Path) -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name.split("-cpu-")[0], json.loads(p.read_text())) for p in sorted(results.glob(pattern))]
+
+
+def plot(results: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for i, (name, run) in enumerate(_load("mix-ft*-cpu-2core.json", results)):
+        epochs = [h["val_by_data"] for h in run["history"] if "val_by_data" in h]
+        ax.plot([100 * e["eg1800"]["val_fg_miou"] for e in epochs], [100 * e["ccp"]["val_fg_miou"] for e in epochs],
+                "o", ms=4, color=plt.get_cmap("tab10")(i), alpha=0.8, label=f"{name}: each epoch")  # fmt: skip
+    for j, (name, sweep) in enumerate(_load("mix-wise*-cpu-2core.json", results)):
+        rows = sweep["sweep"]
+        ax.plot([r["fg_miou"]["eg1800"] for r in rows], [r["fg_miou"]["ccp"] for r in rows], "--", color="grey", lw=1)
+        chosen = next(r for r in rows if r["alpha"] == sweep["chosen_alpha"])
+        ax.plot([chosen["fg_miou"]["eg1800"]], [chosen["fg_miou"]["ccp"]], "D", ms=8, color=plt.get_cmap("tab10")(9 - j),
+                label=f"{name}: interpolated at alpha {sweep['chosen_alpha']:g} (dashed: every alpha)")  # fmt: skip
+    base = next(r for r in rows if r["alpha"] == 0)["fg_miou"]  # every sweep starts from BASE, far below
+    ax.annotate(f"BASE, the selfie model: {base['eg1800']:.2f} / {base['ccp']:.2f}", xy=(base["eg1800"], 76), xytext=(95.45, 78.5),
+                fontsize=8, arrowprops={"arrowstyle": "->", "color": "grey"})  # fmt: skip
+    peer = json.loads((results / f"framings-{sha256_file(DEFAULT_CHECKPOINT)[:12]}.json").read_text())["fg_miou"]["mediapipe"]
+    ax.plot([peer["eg1800"]["as-is"]], [peer["ccp"]["as-is"]], "k*", ms=12, label="MediaPipe selfie segmenter")
+    ax.fill_between([AIM["eg1800"], 96.5], AIM["ccp"], 96, color="C2", alpha=0.15, label="aim: CCP >= 88 and EG1800 >= 95.2")
+    ax.set(xlim=(93.8, 96.5), ylim=(76, 96), xlabel="EG1800 validation fg mIoU at 224 (%)", ylabel="CCP validation fg mIoU at 224 (%)",
+           title="Selfies against whole bodies: the CPU runs and their interpolations")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    plot(args.results, args.results / "tradeoff-cpu-2core.png")
+    print(f"wrote {args.results / 'tradeoff-cpu-2core.png'}")
+
+
+if __name__ == "__main__":
+    main()

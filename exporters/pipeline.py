@@ -323,15 +323,14 @@ def other_format(staged: Staged, summaries: list[dict[str, Any]], name: str) -> 
     plan = staged.graph.deployed.plan
     in_channels = plan.checkpoint.model.in_channels
     calib = prec.load_batch(plan.calib_images, plan.size, in_channels) if "int8" in plan.precisions else None
-    measure = None
-    if plan.val is not None:
 
-        def measure(path: Path) -> dict[str, Any]:
-            with load_runner(path, hint="throughput") as runner:
-                return _scores(runner, plan)
+    def measure(path: Path) -> dict[str, Any]:
+        with load_runner(path, hint="throughput") as runner:
+            return _scores(runner, plan)
 
     artifacts = {p: path for p, path in staged.paths.items() if p in FORMATS[name].precisions}
-    made, checks = load(FORMATS[name].exporter)(artifacts, FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure))
+    job = FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure if plan.val is not None else None)
+    made, checks = load(FORMATS[name].exporter)(artifacts, job)
     summaries += checks
     return made
 

@@ -38,7 +38,8 @@ from rcr_deploy.serve import v2
 from rcr_deploy.serve.cluster import check_model, start_ray, threads_per_worker
 from rcr_deploy.serve.protocol import (
     BATCH_HEADER, MAX_BODY_BYTES, MAX_MEGAPIXELS, MAX_QUEUED, MAX_SESSIONS, REPLICA_HEADER, REQUEST_TIMEOUT_S, RETRY_AFTER_S,
-    SESSION_HEADER, SESSION_IDLE_S, RequestError, body_too_large, choose_output, decode_image, encode_result, error_body, replica_slots,
+    SESSION_HEADER, SESSION_IDLE_S, V2_MODEL_NAME, RequestError, body_too_large, choose_output, decode_image, encode_result,
+    error_body, replica_slots,
 )
 from rcr_deploy.serve.prometheus import MEDIA_TYPE as PROMETHEUS_MEDIA_TYPE
 from rcr_deploy.serve.prometheus import ReplicaMetrics
@@ -137,7 +138,7 @@ class Segment:
     def __init__(
         self, model: str | None, max_batch: int, batch_wait_s: float, threads: int,
         session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS, backend: str = "auto",
-        v2_name: str = v2.MODEL_NAME, cors_origins: list[str] | None = None, max_sessions: int = MAX_SESSIONS,
+        v2_name: str = V2_MODEL_NAME, cors_origins: list[str] | None = None, max_sessions: int = MAX_SESSIONS,
     ) -> None:
         import torch
 
@@ -257,7 +258,7 @@ def start(
     model: str | os.PathLike | None = None, replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 5.0,
     host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
     session_idle_s: float = SESSION_IDLE_S, max_megapixels: float = MAX_MEGAPIXELS, backend: str = "auto",
-    max_queued: int = MAX_QUEUED, request_timeout_s: float = REQUEST_TIMEOUT_S, v2_name: str = v2.MODEL_NAME,
+    max_queued: int = MAX_QUEUED, request_timeout_s: float = REQUEST_TIMEOUT_S, v2_name: str = V2_MODEL_NAME,
     cors_origins: list[str] | None = None, max_sessions: int = MAX_SESSIONS,
 ) -> str:
     """Check the model here, start Ray and Serve, deploy `replicas` replicas; returns the URL.

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from rcr_deploy.serve.protocol import V2_MODEL_NAME as MODEL_NAME
 from rcr_deploy.serve.protocol import RequestError
 #: Header of the binary-data extension: the JSON part's length in bytes.
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -33,12 +33,16 @@ def plot(results: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs, sweeps = _load("mix-ft*-cpu-2core.json", results), _load("mix-wise*-cpu-2core.json", results)
+    framings = results / f"framings-{sha256_file(DEFAULT_CHECKPOINT)[:12]}.json"
+    if not runs or not sweeps or not framings.is_file():
+        raise FileNotFoundError(f"{results}: needs mix-ft*-cpu-2core.json, mix-wise*-cpu-2core.json and {framings.name} (the shipped model's)")
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    for i, (name, run) in enumerate(_load("mix-ft*-cpu-2core.json", results)):
+    for i, (name, run) in enumerate(runs):
         epochs = [h["val_by_data"] for h in run["history"] if "val_by_data" in h]
         ax.plot([100 * e["eg1800"]["val_fg_miou"] for e in epochs], [100 * e["ccp"]["val_fg_miou"] for e in epochs],
                 "o", ms=4, color=plt.get_cmap("tab10")(i), alpha=0.8, label=f"{name}: each epoch")  # fmt: skip
-    for j, (name, sweep) in enumerate(_load("mix-wise*-cpu-2core.json", results)):
+    for j, (name, sweep) in enumerate(sweeps):
         rows = sweep["sweep"]
         ax.plot([r["fg_miou"]["eg1800"] for r in rows], [r["fg_miou"]["ccp"] for r in rows], "--", color="grey", lw=1)
         chosen = next(r for r in rows if r["alpha"] == sweep["chosen_alpha"])
@@ -47,7 +51,7 @@ def plot(results: Path, path: Path) -> None:
     base = next(r for r in rows if r["alpha"] == 0)["fg_miou"]  # every sweep starts from BASE, far below
     ax.annotate(f"BASE, the selfie model: {base['eg1800']:.2f} / {base['ccp']:.2f}", xy=(base["eg1800"], 76), xytext=(95.45, 78.5),
                 fontsize=8, arrowprops={"arrowstyle": "->", "color": "grey"})  # fmt: skip
-    peer = json.loads((results / f"framings-{sha256_file(DEFAULT_CHECKPOINT)[:12]}.json").read_text())["fg_miou"]["mediapipe"]
+    peer = json.loads(framings.read_text())["fg_miou"]["mediapipe"]
     ax.plot([peer["eg1800"]["as-is"]], [peer["ccp"]["as-is"]], "k*", ms=12, label="MediaPipe selfie segmenter")
     ax.fill_between([AIM["eg1800"], 96.5], AIM["ccp"], 96, color="C2", alpha=0.15, label="aim: CCP >= 88 and EG1800 >= 95.2")
     ax.set(xlim=(93.8, 96.5), ylim=(76, 96), xlabel="EG1800 validation fg mIoU at 224 (%)", ylabel="CCP validation fg mIoU at 224 (%)",
@@ -64,7 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    plot(args.results, args.results / "tradeoff-cpu-2core.png")
+    try:
+        plot(args.results, args.results / "tradeoff-cpu-2core.png")
+    except FileNotFoundError as e:
+        parser.error(f"{e}; --results names the folder that holds them")
     print(f"wrote {args.results / 'tradeoff-cpu-2core.png'}")
 
 

@@ -23,6 +23,7 @@ guidance ("Q/DQ layer placement recommendations" in the TensorRT developer guide
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -102,6 +103,14 @@ class _ImageReader:
         self._iter = self._batches()
 
 
+class _NoPreprocessHint(logging.Filter):
+    """ONNX Runtime logs, at WARNING on the root logger, a hint to run its model pre-processing on
+    every quantisation. The graph is onnxsim's, already shape-inferred and folded: noise in the CLI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_int8(
     fp32: onnx.ModelProto,
     calib_images: list[Path],
@@ -121,6 +130,8 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="rcr-int8-") as tmp:
         src, dst, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         onnx.save_model(fp32, str(src))
+        hint = _NoPreprocessHint()
+        logging.getLogger().addFilter(hint)
         try:
             calibrate(src, op_types, method, reader, cache)
             quantize_static(
@@ -152,6 +163,7 @@ def quantize_int8(
             raise ExportError(f"INT8 quantisation failed: {str(e).splitlines()[0]}; rerun with --debug") from e
         finally:
             reader.bar.close()
+            logging.getLogger().removeFilter(hint)
         model = onnx.load_model(str(dst))
     strip_float_boundaries(model)
     check_qdq_placement(model)

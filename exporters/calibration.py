@@ -13,7 +13,9 @@ Why not `quantize_static`'s own calibration:
 So `entropy` here is TensorRT's search ("8-bit Inference with TensorRT", Migacz, GTC 2017) in
 float: on each tensor's histogram of |x| (ORT's percentile collector, 2048 bins), every threshold
 from 128 bins up is scored by the KL divergence between the clipped distribution and its
-128-level quantisation, and the least is kept. Min-max and percentile are ORT's own.
+128-level quantisation, and the least is kept; the first bin (a Relu's zeros, exact in int8) is
+left out of the divergence, and the graph input (8-bit pixels: a comb, not a density) keeps its
+full range. Min-max and percentile are ORT's own.
 
 The images are read CALIB_CHUNK at a time: ORT's histogram calibrators hold every activation of
 one `collect_data` call (~77 MiB per image for the full RCRNet at 224x224) and merge each call's
@@ -44,6 +46,8 @@ CALIBRATORS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 class Reader(Protocol):
+    """ORT's CalibrationDataReader, with the image paths it reads (precision._ImageReader)."""
+
     paths: list[Path]
 
     def get_next(self) -> dict[str, np.ndarray] | None: ...

@@ -67,6 +67,25 @@ def test_resume_after_interruption_is_bit_exact(data, tmp_path):
     assert [h["loss"] for h in whole["trainer"]["history"]] == [h["loss"] for h in resumed["trainer"]["history"]]
 
 
+def test_a_validation_stopped_by_ctrl_c_is_done_on_resume(data, tmp_path, monkeypatch):
+    """Pausing a run (SIGINT) while it validates saves last.pt with the epoch done; the resumed
+    run must score that epoch, or its history has a hole and best.pt never sees it."""
+    validate = Trainer.validate
+
+    def stopped(self):
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(Trainer, "validate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(data, tmp_path / "run"), progress=False).fit()
+    assert "val_fg_miou" not in load_checkpoint(tmp_path / "run" / "last.pt").raw["trainer"]["history"][0]
+    monkeypatch.setattr(Trainer, "validate", validate)
+    Trainer(config(data, tmp_path / "run"), resume=tmp_path / "run" / "last.pt", progress=False).fit()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all("val_fg_miou" in h for h in history)
+    assert load_checkpoint(tmp_path / "run" / "best.pt").meta["best"]["val_fg_miou"] == max(h["val_fg_miou"] for h in history)
+
+
 def test_ddp_two_processes_on_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rcr_deploy"]

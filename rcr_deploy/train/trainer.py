@@ -504,6 +504,10 @@ class Trainer:
         steady: tuple[float, int] | None = None  # (time, epoch) after the session's first epoch
         planning = bool(cfg.time_limit_min and cfg.schedule == "cosine")
         try:
+            last = self.history[-1] if self.history else {}
+            if self.step_in_epoch == 0 and last.get("epoch") == self.epoch and "val_fg_miou" not in last:
+                # Stopped during that epoch's validation: score it before going on, as it would have been.
+                self._close_epoch(last, due=self.epoch % cfg.val_every == 0 or self.epoch >= self.planned)
             done = self.epoch * self.steps_per_epoch + self.step_in_epoch
             bar = tqdm(
                 total=self.planned * self.steps_per_epoch, initial=done, unit="step", disable=not self.progress,
@@ -579,9 +583,13 @@ class Trainer:
         self._time_up = bool(self._from_rank0(time_up)[0])
         last = self.epoch >= self.planned or self._time_up
         # Recorded before validating: a Ctrl-C during validation saves last.pt with this epoch
-        # done, so its record (without scores) must already be in the history.
+        # done, so its record (without scores) must already be in the history; resume scores it.
         self.history.append(record)
-        if self.val_split and self.main and (self.epoch % self.cfg.val_every == 0 or last):
+        self._close_epoch(record, due=self.epoch % self.cfg.val_every == 0 or last)
+
+    def _close_epoch(self, record: dict[str, Any], due: bool) -> None:
+        """Validate into the epoch's `record` when `due`, keep best.pt, save last.pt and the history."""
+        if self.val_split and self.main and due:
             record.update(self.validate())
             self.wall = record["wall_s"] = time.perf_counter() - self._t0
         if self.main and "val_fg_miou" in record and (self.best is None or record["val_fg_miou"] > self.best["val_fg_miou"]):

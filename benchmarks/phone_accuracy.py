@@ -27,6 +27,8 @@ from rcr_deploy.metrics import IoUMeter
 from rcr_deploy.runtime import Runner
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
+THREADS = 2  # each runner's, and what the record says of the machine
+
 
 def _candidates(folder: Path) -> dict[str, Runner]:
     """Every ONNX artifact and phone file in `folder`, by label, ONNX FP32 first."""
@@ -36,9 +38,9 @@ def _candidates(folder: Path) -> dict[str, Runner]:
     for precision, name in ARTIFACT_NAMES.items():
         onnx = folder / name
         if onnx.is_file():
-            runners[f"onnx-{precision}"] = OnnxRuntimeRunner(onnx, threads=2)
+            runners[f"onnx-{precision}"] = OnnxRuntimeRunner(onnx, threads=THREADS)
         if onnx.with_suffix(".tflite").is_file():
-            runners[f"tflite-{precision}"] = TFLiteRunner(onnx.with_suffix(".tflite"), threads=2)
+            runners[f"tflite-{precision}"] = TFLiteRunner(onnx.with_suffix(".tflite"), threads=THREADS)
     return runners
 
 
@@ -68,7 +70,7 @@ def measure(folder: Path, data: Path, split: str, size: int, limit: int | None =
     ]  # fmt: skip
     checkpoint = read_manifest(folder / ARTIFACT_NAMES["fp32"]).get("checkpoint", {})
     return {"data": str(data), "split": split, "images": len(pairs), "size": size, "model_sha256": checkpoint.get("sha256"),
-            "machine": machine_info(2), "rows": rows}  # fmt: skip
+            "machine": machine_info(THREADS), "rows": rows}  # fmt: skip
 
 
 def main() -> None:

@@ -98,9 +98,10 @@ def kl_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = LEVELS) -> f
     return float(edges[best])
 
 
-def calibrate(src: Path, op_types: list[str], method: str, reader: Reader, cache: Path) -> None:
+def calibrate(src: Path, op_types: list[str], method: str, reader: Reader, cache: Path) -> Any:
     """Ranges of the inputs of `op_types` in `src` on the reader's images, saved at `cache` in the
-    format `quantize_static(..., calibration_cache_path=cache)` reads."""
+    format `quantize_static(..., calibration_cache_path=cache)` reads; returns the
+    CalibrationMethod the cache records, which `quantize_static` must be given to accept it."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
@@ -123,3 +124,4 @@ def calibrate(src: Path, op_types: list[str], method: str, reader: Reader, cache
         else:
             data = calibrator.compute_data()
     save_tensors_data(data, cache)
+    return data.calibration_method

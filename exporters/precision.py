@@ -38,7 +38,7 @@ from rcr_deploy.errors import DataError, ExportError, RcrError, VerificationErro
 from rcr_deploy.preprocess import load_image, preprocess
 from rcr_deploy.reparam import Tolerance
 
-from rcr_deploy.exporters.calibration import calibrate
+from rcr_deploy.exporters.calibration import CALIBRATORS, calibrate
 from rcr_deploy.exporters.onnx import INPUT_NAME, validate
 from rcr_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from rcr_deploy.runtime.openvino_runner import OpenVINORunner
@@ -49,7 +49,7 @@ NO_QDQ_OPS = ("Sigmoid", "Softmax", "Resize")
 #: Op types whose inputs get Q/DQ (rules 1 and 3); their outputs never do (rule 2).
 QUANTIZED_OPS = ("Conv", "Add")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = tuple(CALIBRATORS)
 #: The INT8 file on other runtimes against ONNX Runtime with every graph optimisation: ORT with
 #: none (DISABLE_ALL) and OpenVINO each fuse and round the Q/DQ graph their own way. Measured on the
 #: shipped model at 224 (docs/cpu-engines.md): logits up to about 1 apart, >= 99.3 % same class. As
@@ -120,10 +120,9 @@ def quantize_int8(
     progress: bool = True,
 ) -> onnx.ModelProto:
     """An INT8 Q/DQ model calibrated on `calib_images` (see the module docstring for the config)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
+    if method not in CALIB_METHODS:
         raise ExportError(f"unknown calibration method {method!r}; use one of {', '.join(CALIB_METHODS)}")
     op_types = [op for op in QUANTIZED_OPS if op in {n.op_type for n in fp32.graph.node}]
     reader = _ImageReader(calib_images, size, in_channels, progress)
@@ -133,7 +132,7 @@ def quantize_int8(
         hint = _NoPreprocessHint()
         logging.getLogger().addFilter(hint)
         try:
-            calibrate(src, op_types, method, reader, cache)
+            recorded = calibrate(src, op_types, method, reader, cache)
             quantize_static(
                 str(src),
                 str(dst),
@@ -144,7 +143,7 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
+                calibrate_method=recorded,
                 extra_options={
                     "ActivationSymmetric": True,
                     "WeightSymmetric": True,

@@ -87,6 +87,7 @@ class Plan:
     calib: Path | None
     calib_images: list[Path]
     calib_method: str
+    float_stem: bool
     val: Path | None
     val_images: list[Path]
     val_limit: int | None
@@ -176,6 +177,7 @@ def check_inputs(
     opset: int,
     calib_count: int | None,
     calib_method: str,
+    float_stem: bool,
     val_limit: int | None,
     engine: bool,
     engine_options: EngineOptions | None,
@@ -215,7 +217,7 @@ def check_inputs(
     loaded = load_checkpoint(default_checkpoint() if ckpt is None else Path(ckpt), arch=arch)
     options = (engine_options or EngineOptions(size=(size, size))) if engine else None
     return Plan(loaded, Path(out_dir), chosen, (size, size), dynamic_hw, opset, calib, calib_images, calib_method,
-                val, val_images, val_limit, options, seed, progress, chosen_formats)  # fmt: skip
+                float_stem, val, val_images, val_limit, options, seed, progress, chosen_formats)  # fmt: skip
 
 
 def deploy_form(plan: Plan) -> Deployed:
@@ -255,7 +257,7 @@ def convert_and_validate(graph: Graph, folder: Path, bar: tqdm) -> Staged:
                 if p == "fp16":
                     staged.protos[p] = prec.to_fp16(graph.proto)
                 else:
-                    staged.protos[p] = prec.quantize_int8(graph.proto, plan.calib_images, plan.size, in_channels, plan.calib_method, plan.progress)
+                    staged.protos[p] = prec.quantize_int8(graph.proto, plan.calib_images, plan.size, in_channels, plan.calib_method, plan.progress, plan.float_stem)
                 staged.ops[p] = onnx_export.check_structure(staged.protos[p], deployed.model)
                 onnx_export.save_proto(staged.protos[p], staged.paths[p])
             with _timed(plan, f"validate-{p}", bar), OnnxRuntimeRunner(staged.paths[p]) as runner:
@@ -293,7 +295,7 @@ def write_manifests(staged: Staged, accuracy: dict[str, Any] | None) -> list[dic
     variant = VARIANTS[ckpt.arch]
     fp32_summary = staged.validations["fp32"].summary()
     for p in plan.precisions:
-        extra = {"calibration": {"images": len(plan.calib_images), "method": plan.calib_method, "folder": str(plan.calib)}} if p == "int8" else {}
+        extra = {"calibration": {"images": len(plan.calib_images), "method": plan.calib_method, "folder": str(plan.calib), "float_stem": plan.float_stem}} if p == "int8" else {}
         record = manifests.build(
             arch=ckpt.arch,
             variant={"name": variant.name, "symbol": variant.symbol, "description": variant.description},
@@ -368,6 +370,7 @@ def export(
     opset: int = onnx_export.DEFAULT_OPSET,
     calib_count: int | None = None,
     calib_method: str = "minmax",
+    float_stem: bool = True,
     val_limit: int | None = None,
     engine: bool = False,
     engine_options: EngineOptions | None = None,
@@ -382,8 +385,8 @@ def export(
     `VerificationError` (exit 1). Nothing in `out_dir` changes unless every step passed."""
     plan = check_inputs(
         ckpt, Path(out_dir), precisions, calib, val, arch=arch, size=size, dynamic_hw=dynamic_hw, opset=opset,
-        calib_count=calib_count, calib_method=calib_method, val_limit=val_limit, engine=engine,
-        engine_options=engine_options, seed=seed, progress=progress, formats=formats,
+        calib_count=calib_count, calib_method=calib_method, float_stem=float_stem, val_limit=val_limit,
+        engine=engine, engine_options=engine_options, seed=seed, progress=progress, formats=formats,
     )
     names = [n for p in plan.precisions for n in (ARTIFACT_NAMES[p], manifest_path(ARTIFACT_NAMES[p]).name)]
     for name in plan.formats[1:]:

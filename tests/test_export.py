@@ -6,6 +6,7 @@ most tests; bad-input tests fail before any slow work.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -297,8 +298,9 @@ def test_fp16_artifact_has_fp16_weights_and_fp32_io(exported):
 
 def test_int8_qdq_placement_is_the_tensorrt_one(exported):
     proto = onnx.load_model(str(_artifact(exported, "int8")))
-    counts = precision.check_qdq_placement(proto)
-    assert counts["QuantizeLinear"] > 74  # every conv weight plus activations
+    stem = precision.stem_convs(onnx.load_model(str(_artifact(exported, "fp32"))), (SIZE, SIZE))
+    counts = precision.check_qdq_placement(proto, stem)
+    assert counts["QuantizeLinear"] > 70  # every conv weight but the float ones, plus activations
     graph = proto.graph
     producers = {o: n for n in graph.node for o in n.output}
     inits = {i.name: i for i in graph.initializer}
@@ -306,7 +308,12 @@ def test_int8_qdq_placement_is_the_tensorrt_one(exported):
     sigmoid = next(n for n in graph.node if n.op_type == "Sigmoid")
     assert producers[sigmoid.input[0]].op_type not in ("QuantizeLinear", "DequantizeLinear")
     assert not any(sigmoid.output[0] in n.input for n in graph.node if n.op_type == "QuantizeLinear")
+    assert len(stem) == 8  # stem, first block, the decoder skip's convolutions at 32x32 of 64x64
     for conv in (n for n in graph.node if n.op_type == "Conv"):
+        if conv.name in stem:  # rule 6: weight and input float
+            assert conv.input[1] in inits
+            assert getattr(producers.get(conv.input[0]), "op_type", None) not in precision.QDQ
+            continue
         dq = producers[conv.input[1]]
         q = producers[dq.input[0]]
         assert (dq.op_type, q.op_type) == ("DequantizeLinear", "QuantizeLinear") and q.input[0] in inits
@@ -338,7 +345,7 @@ def test_int8_calibration_methods(exported, method, caplog):
     images = list_images(exported["calib"])[:2]
     with caplog.at_level("WARNING"):
         model = precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, method, progress=False)
-    assert precision.check_qdq_placement(model)["DequantizeLinear"] > 0
+    assert precision.check_qdq_placement(model, precision.stem_convs(fp32, (SIZE, SIZE)))["DequantizeLinear"] > 0
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # ORT's hint, noise here
 
 
@@ -358,12 +365,41 @@ def test_int8_entropy_calibration_searches_thresholds(exported):
     fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
     images = list_images(exported["calib"])[:1]
     minmax, entropy = (
-        _activation_scales(precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, m, progress=False)) for m in ("minmax", "entropy")
+        _activation_scales(precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, m, progress=False, float_stem=False))
+        for m in ("minmax", "entropy")
     )
     assert minmax.keys() == entropy.keys() and minmax
     assert all(entropy[n] <= minmax[n] * (1 + 1e-5) for n in minmax)  # a threshold inside the observed range
     assert sum(entropy[n] < 0.99 * minmax[n] for n in minmax) >= len(minmax) // 4
     assert entropy[onnx_export.INPUT_NAME] == pytest.approx(minmax[onnx_export.INPUT_NAME], rel=1e-3)
+
+
+def test_int8_float_stem_keeps_the_high_resolution_convolutions_float(exported):
+    """The float stem leaves every Conv reading half the input's height or more, and the graph
+    input, without Q/DQ, whatever the graph's node order, and quantises the rest; the placement
+    check holds the names it is given."""
+    fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
+    images = list_images(exported["calib"])[:1]
+    stem = precision.stem_convs(fp32, (SIZE, SIZE))
+    models = {k: precision.quantize_int8(fp32, images, (SIZE, SIZE), 4, "minmax", progress=False, float_stem=k) for k in (False, True)}
+    for k, model in models.items():
+        inits = {i.name for i in model.graph.initializer}
+        assert {c.name for c in model.graph.node if c.op_type == "Conv" and c.input[1] in inits} == (set(stem) if k else set())
+        assert (onnx_export.INPUT_NAME in _activation_scales(model)) != k
+    counts = {k: precision.check_qdq_placement(m, stem if k else ())["QuantizeLinear"] for k, m in models.items()}
+    assert counts[True] < counts[False]
+    with pytest.raises(ExportError, match="high-resolution Conv is quantised"):
+        precision.check_qdq_placement(models[False], stem)
+    with pytest.raises(ExportError, match="weight is not a Q/DQ pair"):
+        precision.check_qdq_placement(models[True])
+
+
+def test_export_records_the_float_stem_and_the_cli_defaults_to_it(exported):
+    from rcr_deploy.cli import export_cmd
+
+    assert read_manifest(_artifact(exported, "int8"))["export"]["calibration"]["float_stem"] is True
+    assert inspect.signature(export_cmd).parameters["float_stem"].default.default is True
+    assert inspect.signature(pipeline.export).parameters["float_stem"].default is True
 
 
 def test_int8_calibration_in_chunks_sees_every_image(exported, monkeypatch):

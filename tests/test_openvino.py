@@ -180,9 +180,13 @@ def test_nncf_ir_carries_its_own_measured_accuracy_not_the_qdq_artifacts(exporte
 # ------------------------------------------------------------------------------ INT8 placement
 
 
+def _stem(exported: dict) -> list[str]:
+    return precision.stem_convs(onnx.load_model(str(exported["out"] / ARTIFACT_NAMES["fp32"])), (SIZE, SIZE))
+
+
 def test_int8_no_relu_reads_a_dequantize_and_weighted_op_outputs_stay_float(exported):
     model = onnx.load_model(str(exported["out"] / ARTIFACT_NAMES["int8"]))
-    precision.check_qdq_placement(model)
+    precision.check_qdq_placement(model, _stem(exported))
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
@@ -215,7 +219,7 @@ def test_int8_placement_check_rejects_qdq_between_conv_and_relu(exported):
     graph.node.extend([q, dq])
     relu.input[0] = "bad_dq"
     with pytest.raises(ExportError, match="Relu"):
-        precision.check_qdq_placement(model)
+        precision.check_qdq_placement(model, _stem(exported))
 
 
 # ------------------------------------------------------------------------------ cross-runtime INT8

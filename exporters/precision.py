@@ -127,8 +127,8 @@ def quantize_int8(
     progress: bool = True,
     float_stem: bool = True,
 ) -> onnx.ModelProto:
-    """An INT8 Q/DQ model calibrated on `calib_images`, its high-resolution Convs left float with
-    `float_stem` (see the module docstring for the config)."""
+    """An INT8 Q/DQ model calibrated on `calib_images`, the stem's Convs (`stem_convs`) left float
+    with `float_stem` (see the module docstring for the config)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if method not in CALIB_METHODS:

@@ -375,9 +375,8 @@ def test_int8_entropy_calibration_searches_thresholds(exported):
 
 
 def test_int8_float_stem_keeps_the_high_resolution_convolutions_float(exported):
-    """The float stem leaves every Conv reading half the input's height or more, and the graph
-    input, without Q/DQ, whatever the graph's node order, and quantises the rest; the placement
-    check holds the names it is given."""
+    """The float stem leaves the Convs `stem_convs` names, and the graph input, without Q/DQ and
+    quantises the rest; the placement check holds the names it is given, either way."""
     fp32 = onnx.load_model(str(_artifact(exported, "fp32")))
     images = list_images(exported["calib"])[:1]
     stem = precision.stem_convs(fp32, (SIZE, SIZE))

@@ -2,11 +2,13 @@
 agreement with ONNX FP32 and mean per-image foreground IoU, over a labelled split.
 
     python -m rcr_deploy.benchmarks.phone_accuracy EXPORT_DIR --data ../shared/data/eg1800 --split val \\
-        --json benchmarks/results/phone-accuracy-eg1800-val.json
+        [--framing reframed] --json benchmarks/results/phone-accuracy-eg1800-val.json
 
 EXPORT_DIR is an `export --format tflite` folder (or one holding `rcrnet*.onnx` and `rcrnet*.tflite`
 side by side). Each model sees the same letterboxed frames; agreement counts the pixels of the
-original frames whose person / background decision equals ONNX FP32's.
+original frames whose person / background decision equals ONNX FP32's. `--framing` scores the
+pictures as `rcr-deploy eval --framing` makes them (reframed: small, off-centre people, where an
+INT8 file's activation ranges matter most).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from tqdm import tqdm
 
 from rcr_deploy.artifact import ARTIFACT_NAMES, read_manifest
 from rcr_deploy.benchmarks.machine import machine_info, provenance
-from rcr_deploy.data.folder import list_pairs, load_pair
-from rcr_deploy.evaluate import predict
+from rcr_deploy.data.augment import FRAMINGS
+from rcr_deploy.data.folder import list_pairs
+from rcr_deploy.evaluate import load_framed, predict
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.metrics import IoUMeter
 from rcr_deploy.runtime import Runner
@@ -44,7 +47,7 @@ def _candidates(folder: Path) -> dict[str, Runner]:
     return runners
 
 
-def measure(folder: Path, data: Path, split: str, size: int, limit: int | None = None) -> dict[str, Any]:
+def measure(folder: Path, data: Path, split: str, size: int, limit: int | None = None, framing: str = "as-is") -> dict[str, Any]:
     """Agreement with ONNX FP32 and fg mIoU of every model in `folder` on `data`'s `split`."""
     runners = _candidates(folder)
     if "onnx-fp32" not in runners:
@@ -53,8 +56,8 @@ def measure(folder: Path, data: Path, split: str, size: int, limit: int | None =
     agree = {label: 0 for label in runners}
     total = 0
     pairs = list_pairs(data, split)[:limit]
-    for pair in tqdm(pairs, desc="phone accuracy", unit="img"):
-        rgb, mask = load_pair(pair)
+    for i, pair in enumerate(tqdm(pairs, desc="phone accuracy", unit="img")):
+        rgb, mask = load_framed(pairs, i, framing)
         probs = {label: predict(runner, [rgb], size)[0] for label, runner in runners.items()}
         reference = probs["onnx-fp32"] > 0.5
         total += reference.size
@@ -69,7 +72,7 @@ def measure(folder: Path, data: Path, split: str, size: int, limit: int | None =
         for label in runners
     ]  # fmt: skip
     checkpoint = read_manifest(folder / ARTIFACT_NAMES["fp32"]).get("checkpoint", {})
-    return {"data": str(data), "split": split, "images": len(pairs), "size": size, "model_sha256": checkpoint.get("sha256"),
+    return {"data": str(data), "split": split, "framing": framing, "images": len(pairs), "size": size, "model_sha256": checkpoint.get("sha256"),
             "machine": machine_info(THREADS), "rows": rows}  # fmt: skip
 
 
@@ -80,9 +83,10 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--framing", choices=FRAMINGS, default="as-is")
     parser.add_argument("--json", type=Path, default=None, help="write the result here too")
     args = parser.parse_args()
-    result = {**provenance("phone_accuracy"), **measure(args.folder, args.data, args.split, args.size, args.limit)}
+    result = {**provenance("phone_accuracy"), **measure(args.folder, args.data, args.split, args.size, args.limit, args.framing)}
     text = json.dumps(result, indent=2)
     if args.json:
         write_text_atomic(args.json, text + "\n")

@@ -46,7 +46,7 @@ def plot(results: Path, path: Path) -> None:
         rows = sweep["sweep"]
         ax.plot([r["fg_miou"]["eg1800"] for r in rows], [r["fg_miou"]["ccp"] for r in rows], "--", color="grey", lw=1)
         chosen = next(r for r in rows if r["alpha"] == sweep["chosen_alpha"])
-        ax.plot([chosen["fg_miou"]["eg1800"]], [chosen["fg_miou"]["ccp"]], "D", ms=8, color=plt.get_cmap("tab10")(9 - j),
+        ax.plot([chosen["fg_miou"]["eg1800"]], [chosen["fg_miou"]["ccp"]], "D", ms=8, color=plt.get_cmap("Dark2")(j), mec="k",
                 label=f"{name}: interpolated at alpha {sweep['chosen_alpha']:g} (dashed: every alpha)")  # fmt: skip
     base = next(r for r in rows if r["alpha"] == 0)["fg_miou"]  # every sweep starts from BASE, far below
     ax.annotate(f"BASE, the selfie model: {base['eg1800']:.2f} / {base['ccp']:.2f}", xy=(base["eg1800"], 76), xytext=(95.45, 78.5),

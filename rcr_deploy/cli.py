@@ -456,6 +456,14 @@ def train(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N].", callback=_device(allow_auto=True)),
     init: Optional[Path] = typer.Option(None, help="Start from this train-form checkpoint's weights, with a fresh optimiser."),
+    distill: Optional[Path] = typer.Option(
+        None, help="Also pull the model towards this frozen model's answers (train or deploy form, e.g. the model "
+        "--init starts from), so that fine-tuning on new data keeps what it did on the old.",
+    ),
+    distill_weights: Optional[str] = typer.Option(
+        None, help="Weight of --distill on each --data folder's samples, in order, e.g. 1,0: only the first (default: 1 each).",
+        callback=_range(0, 1e6),
+    ),
     amp: Optional[str] = typer.Option(None, help="Autocast: auto (bf16 on CUDA, off on the CPU) | bf16 | fp16 | off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format (default: on CUDA only)."),
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Decode the training images once, into memory."),
@@ -479,8 +487,9 @@ def train(
         given["progressive"] = [int(s) for s in progressive.split(",") if s]
     if data is not None:
         given["data"] = [str(d) for d in data]
-    if data_weights is not None:
-        given["data_weights"] = [float(w) for w in data_weights.split(",")]
+    for name, value in (("data_weights", data_weights), ("distill_weights", distill_weights)):
+        if value is not None:
+            given[name] = [float(w) for w in value.split(",")]
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
     if config:
         regular_file(config, "config file")

@@ -42,8 +42,8 @@ class PortraitDataset(Dataset):
 
     `anywhere=True` adds the augmentations of `augment.make_sample` for framings the datasets lack;
     the other pictures it uses are drawn like the samples (`draws`), from every group.
-    `groups`: the sizes of consecutive groups of `pairs` (one per dataset); `weights`: each
-    group's sampling weight (None: every pair once per epoch).
+    `groups`: the sizes of consecutive groups of `pairs` (one per dataset), each sample's `group`
+    its index; `weights`: each group's sampling weight (None: every pair once per epoch).
     `cache=True` decodes every pair once, before the loader forks its workers (they share the
     pages): decoding is a fifth of a sample's CPU time, and EG1800 holds 0.6 GB decoded.
     """
@@ -63,6 +63,7 @@ class PortraitDataset(Dataset):
         self.groups, self.weights = groups or [len(pairs)], weights
         if sum(self.groups) != len(pairs) or (weights is not None and len(weights) != len(self.groups)):
             raise ValueError(f"groups {self.groups} and weights {weights} do not fit {len(pairs)} pairs")
+        self._ends = np.cumsum(self.groups)  # a pair's dataset: the first group ending after it
         self._draws: tuple[int, np.ndarray] | None = None
         self.epoch = 0
         self.decoded = [load_pair(p) for p in tqdm(pairs, desc="decoding", unit="img", leave=False)] if cache else None
@@ -104,5 +105,7 @@ class PortraitDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         draws = self.draws(epoch)
         others = _Lazy(self._pair, [int(draws[rng.integers(len(draws))]) for _ in range(3)]) if self.anywhere else ()
-        s = make_sample(*self._pair(int(draws[index])), rng, size, self.in_channels, others)
-        return {k: torch.from_numpy(getattr(s, k)) for k in ("student", "teacher", "mask", "edge")}
+        pair = int(draws[index])
+        s = make_sample(*self._pair(pair), rng, size, self.in_channels, others)
+        group = torch.tensor(int(np.searchsorted(self._ends, pair, side="right")))
+        return {"group": group, **{k: torch.from_numpy(getattr(s, k)) for k in ("student", "teacher", "mask", "edge")}}

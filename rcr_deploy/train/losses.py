@@ -5,6 +5,9 @@
   averaged over all elements.
 * Le: focal loss (γ = 2, no α) on the 2-channel edge logits against the contour target,
   averaged over pixels.
+* Ld (`train --distill`, not the paper's): the same KL towards a frozen model's mask logits on the
+  deformation-only view, each sample weighted by its dataset's `--distill-weights`, so that
+  fine-tuning on new data keeps what the frozen model did on the old.
 """
 
 from __future__ import annotations
@@ -22,12 +25,23 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) || softmax(student/T)) per element; no gradient reaches the teacher."""
+    log_p = F.log_softmax(student / temperature, dim=1)
+    q = F.softmax(teacher.detach() / temperature, dim=1)
+    return F.kl_div(log_p, q, reduction="none") * temperature**2
+
+
 def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Lc: T² · mean over elements of KL(softmax(teacher/T) || softmax(student/T)); no gradient
     reaches the teacher."""
-    log_p = F.log_softmax(student / temperature, dim=1)
-    q = F.softmax(teacher.detach() / temperature, dim=1)
-    return F.kl_div(log_p, q, reduction="none").mean() * temperature**2
+    return _kl(student, teacher, temperature).mean()
+
+
+def distill_loss(student: torch.Tensor, frozen: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Ld: the consistency KL towards a frozen model, averaged per sample, times each sample's
+    `weight` (N,), averaged over the batch: a weight of 0 leaves a sample to its labels alone."""
+    return (_kl(student, frozen, temperature).flatten(1).mean(1) * weight).mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -49,14 +63,20 @@ def total_loss(
     mask: torch.Tensor,
     edge: torch.Tensor,
     w: LossWeights = LossWeights(),
+    frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss terms and their weighted sum for one batch of (mask logits, edge logits) pairs.
 
     As in PortraitNet, Lm and Le supervise both passes (averaged), and Lc pulls the
-    texture-augmented student towards the deformation-only teacher.
+    texture-augmented student towards the deformation-only teacher. `frozen`: (a frozen model's
+    mask logits on the teacher's input, per-sample weights) adds Ld on the teacher pass.
     """
     (s_mask, s_edge), (t_mask, t_edge) = student, teacher
     lm = (mask_loss(s_mask, mask) + mask_loss(t_mask, mask)) / 2
     lc = consistency_loss(s_mask, t_mask, w.temperature)
     le = (focal_loss(s_edge, edge) + focal_loss(t_edge, edge)) / 2
-    return {"loss": lm + w.alpha * lc + w.beta * le, "lm": lm, "lc": lc, "le": le}
+    terms = {"loss": lm + w.alpha * lc + w.beta * le, "lm": lm, "lc": lc, "le": le}
+    if frozen is not None:
+        terms["ld"] = distill_loss(t_mask, frozen[0], frozen[1], w.temperature)
+        terms["loss"] = terms["loss"] + terms["ld"]
+    return terms

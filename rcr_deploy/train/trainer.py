@@ -11,7 +11,7 @@ planned from the pace measured in the run's first seconds, so the curve ends whe
 No checkpoint ever holds non-finite weights: a non-finite loss stops the run, naming the epoch and
 step, before the optimiser applies it, and every save checks the weights first.
 
-Why one file of about 540 lines: the state a resume must restore (model, optimiser, scheduler,
+Why one file of about 680 lines: the state a resume must restore (model, optimiser, scheduler,
 scaler, RNG, position in the epoch, history, plan) is read and written by the same class that
 changes it; splitting the loop from its state would put that contract in two places.
 """
@@ -54,7 +54,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: options, a config.json, a checkpoint's saved config. Lists are checked item by item; --lr (an
 #: open interval) and --progressive (rising sizes below --size) are checked by the Trainer.
 RANGES: dict[str, tuple[float, ...]] = {
-    "data_weights": (1e-6, 1e6), "size": (32, 4096, 32), "epochs": (1, 10**6),
+    "data_weights": (1e-6, 1e6), "distill_weights": (0, 1e6), "size": (32, 4096, 32), "epochs": (1, 10**6),
     "batch": (1, 4096), "weight_decay": (0, 1), "lr_decay": (1e-6, 1), "lr_decay_epochs": (1e-6, 1e9),
     "alpha": (0, 1e6), "beta": (0, 1e6), "temperature": (1e-6, 1e6), "seed": (0, 2**32 - 1), "workers": (0, 256),
     "threads": (0, 1024), "warmup_epochs": (0, 10**6), "time_limit_min": (0, 10**7), "save_every": (0, 10**9),
@@ -99,6 +99,8 @@ class TrainConfig:
     schedule: str = "paper"
     warmup_epochs: int = 0
     init: str = ""
+    distill: str = ""
+    distill_weights: list[float] = dataclasses.field(default_factory=list)
     time_limit_min: float = 0.0
     save_every: int = 0
     val_every: int = 1
@@ -231,6 +233,28 @@ def _read_init(path: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return ckpt.model.state_dict()
 
 
+def _input_channels(model: nn.Module) -> int:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def _read_frozen(cfg: TrainConfig, student: nn.Module, device: torch.device, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
+    """`--distill`'s frozen model, in deploy form (one fused conv per block: the cheapest forward
+    pass), and its per-dataset weights (default 1 each)."""
+    from rcr_deploy.reparam import reparameterize
+
+    weights = cfg.distill_weights or [1.0] * len(cfg.data)
+    if len(weights) != len(cfg.data):
+        one = ",".join(["1"] * len(cfg.data))
+        raise TrainError(f"--distill-weights: {len(weights)} weights for {len(cfg.data)} --data folders; give one per folder, e.g. {one}")
+    ckpt = load_checkpoint(cfg.distill)
+    model = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
+    got, want = _input_channels(model), _input_channels(student)
+    if got != want:
+        raise CheckpointError(f"--distill {cfg.distill}: takes {got} input channels, the model trained takes {want}; pass a model of the same input")
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model.eval().requires_grad_(False), torch.tensor(weights, dtype=torch.float32)
+
+
 def _read_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(path, require_form="train")
     raw = ckpt.raw
@@ -292,6 +316,11 @@ class Trainer:
         if cfg.init and resume is None:
             self.model.load_state_dict(_read_init(Path(cfg.init), cfg))
         self.model = self.model.to(self.device)
+        self.frozen = None
+        if cfg.distill:
+            self.frozen, self.distill_weights = _read_frozen(cfg, self.model, self.device, self.channels_last)
+        elif cfg.distill_weights:
+            raise TrainError("--distill-weights without --distill: name the frozen model with --distill CKPT")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.cuda:
@@ -375,6 +404,7 @@ class Trainer:
             "best": self.best,
             "planned_epochs": self.planned,
             "init": self.cfg.init or None,
+            "distill": self.cfg.distill or None,
         }
 
     def _save(self, name: str) -> None:
@@ -411,14 +441,19 @@ class Trainer:
         mask, edge = (batch[k].to(self.device, non_blocking=True) for k in ("mask", "edge"))
         n = batch["mask"].shape[0]
         try:
+            frozen = None
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
                 mask_logits, edge_logits = self.ddp(x, with_edge=True)
+                if self.frozen is not None:
+                    with torch.no_grad():
+                        frozen = (self.frozen(x[n:]).float(), self.distill_weights[batch["group"]].to(self.device))
             terms = total_loss(
                 (mask_logits[:n].float(), edge_logits[:n].float()),
                 (mask_logits[n:].float(), edge_logits[n:].float()),
                 mask,
                 edge,
                 self.weights,
+                frozen,
             )
             loss = float(terms["loss"].detach())
             if not math.isfinite(loss):

@@ -41,7 +41,7 @@ def plot(results: Path, path: Path) -> None:
     for i, (name, run) in enumerate(runs):
         epochs = [h["val_by_data"] for h in run["history"] if "val_by_data" in h]
         ax.plot([100 * e["eg1800"]["val_fg_miou"] for e in epochs], [100 * e["ccp"]["val_fg_miou"] for e in epochs],
-                "o", ms=4, color=plt.get_cmap("tab10")(i), alpha=0.8, label=f"{name}: each epoch")  # fmt: skip
+                "o", ms=4, color=plt.get_cmap("tab10")(i), alpha=0.8, label=f"{name}{' (--distill)' if run['config'].get('distill') else ''}: each epoch")  # fmt: skip
     for j, (name, sweep) in enumerate(sweeps):
         rows = sweep["sweep"]
         ax.plot([r["fg_miou"]["eg1800"] for r in rows], [r["fg_miou"]["ccp"] for r in rows], "--", color="grey", lw=1)

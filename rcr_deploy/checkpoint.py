@@ -99,7 +99,8 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a torch checkpoint file; pass a ckpt.pt from 'rcr-deploy train'") from e
 
 
-def _in_channels(state_dict: dict[str, torch.Tensor]) -> int:
+def input_channels(state_dict: dict[str, torch.Tensor]) -> int:
+    """The channels the model's first convolution takes (3: RGB, 4: RGB + prior)."""
     first_conv = next(v for v in state_dict.values() if v.ndim == 4)
     return int(first_conv.shape[1])
 
@@ -160,7 +161,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, require_fo
     if arch not in VARIANTS:
         raise CheckpointError(f"{path}: unknown architecture {arch!r}; use one of {', '.join(VARIANTS)}")
     state_dict = _check_state_dict(state_dict, path)
-    in_channels, num_classes = _in_channels(state_dict), _num_classes(state_dict)
+    in_channels, num_classes = input_channels(state_dict), _num_classes(state_dict)
     if in_channels not in (3, 4):
         raise CheckpointError(f"{path}: its first convolution takes {in_channels} channels; rcr-deploy feeds RGB (3) or RGB + prior mask (4)")
     if num_classes != 2:

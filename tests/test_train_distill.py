@@ -9,7 +9,7 @@ import torch
 from rcr_deploy.checkpoint import save_checkpoint
 from rcr_deploy.data.dataset import PortraitDataset
 from rcr_deploy.data.folder import list_pairs
-from rcr_deploy.errors import CheckpointError
+from rcr_deploy.errors import CheckpointError, DataError
 from rcr_deploy.models import build_model
 from rcr_deploy.train.losses import LossWeights, consistency_loss, distill_loss, total_loss
 from rcr_deploy.train.trainer import Trainer, TrainError
@@ -89,7 +89,7 @@ def test_a_step_pulls_towards_the_frozen_model_by_dataset_and_leaves_it_frozen(t
 def test_distill_records_itself_and_bad_options_are_one_line_errors(two, frozen, tmp_path, cli):
     trainer, _, _ = _one_step(two, tmp_path / "a", distill=str(frozen), distill_weights=[1.0, 0.0])
     assert trainer.meta()["distill"] == str(frozen) and trainer.distill_weights.tolist() == [1.0, 0.0]
-    with pytest.raises(TrainError, match="one per folder"):
+    with pytest.raises(DataError, match="one per folder"):
         _one_step(two, tmp_path / "b", distill=str(frozen), distill_weights=[1.0])
     with pytest.raises(TrainError, match="without --distill"):
         _one_step(two, tmp_path / "c", distill_weights=[1.0, 0.0])

@@ -54,13 +54,19 @@ class Source:
     weight: float | None = None
 
 
+def check_per_folder(option: str, weights: list[float], roots: list[str]) -> None:
+    """One weight per --data folder, or a one-line `DataError` naming `option` with an example."""
+    if len(weights) != len(roots):
+        raise DataError(f"{option}: {len(weights)} weights for {len(roots)} --data folders; give one per folder, e.g. {','.join(['1'] * len(roots))}")
+
+
 def sources(roots: list[str], weights: list[float] | None = None) -> list[Source]:
     """Name the folders of a run: `a/eg1800`, `b/ccp` -> eg1800, ccp; a repeated name gets `-2`,
     `-3` ... in order. `weights`, when given, has one positive weight per folder."""
     if not roots:
         raise DataError("no dataset: pass --data DIR (a folder with images/ and masks/), once per dataset")
-    if weights and len(weights) != len(roots):
-        raise DataError(f"--data-weights: {len(weights)} weights for {len(roots)} --data folders; give one per folder, e.g. {','.join(['1'] * len(roots))}")
+    if weights:
+        check_per_folder("--data-weights", weights, roots)
     if weights and not all(w > 0 for w in weights):
         raise DataError(f"--data-weights {','.join(map(str, weights))}: every weight must be above 0")
     names: list[str] = []

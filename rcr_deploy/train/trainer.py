@@ -38,9 +38,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rcr_deploy.checkpoint import load_checkpoint, save_checkpoint
+from rcr_deploy.checkpoint import input_channels, load_checkpoint, save_checkpoint
 from rcr_deploy.data.dataset import PortraitDataset
-from rcr_deploy.data.folder import VAL_EVERY, Source, list_pairs, sources
+from rcr_deploy.data.folder import VAL_EVERY, Source, check_per_folder, list_pairs, sources
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
@@ -233,22 +233,16 @@ def _read_init(path: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return ckpt.model.state_dict()
 
 
-def _input_channels(model: nn.Module) -> int:
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-
-
 def _read_frozen(cfg: TrainConfig, student: nn.Module, device: torch.device, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
     """`--distill`'s frozen model, in deploy form (one fused conv per block: the cheapest forward
     pass), and its per-dataset weights (default 1 each)."""
     from rcr_deploy.reparam import reparameterize
 
     weights = cfg.distill_weights or [1.0] * len(cfg.data)
-    if len(weights) != len(cfg.data):
-        one = ",".join(["1"] * len(cfg.data))
-        raise TrainError(f"--distill-weights: {len(weights)} weights for {len(cfg.data)} --data folders; give one per folder, e.g. {one}")
+    check_per_folder("--distill-weights", weights, cfg.data)
     ckpt = load_checkpoint(cfg.distill)
     model = ckpt.model if ckpt.form == "deploy" else reparameterize(ckpt.model)
-    got, want = _input_channels(model), _input_channels(student)
+    got, want = input_channels(model.state_dict()), input_channels(student.state_dict())
     if got != want:
         raise CheckpointError(f"--distill {cfg.distill}: takes {got} input channels, the model trained takes {want}; pass a model of the same input")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -63,7 +63,14 @@ def timed_call(runner: Runner, x: np.ndarray, device: str, cuda_graphs: bool) ->
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fn(static_x)
-    return _timed_on_gpu(graph.replay)
+
+    def replay(captured_input: torch.Tensor = static_x) -> None:
+        # Every replay reads the captured input's memory, so the call must own it: freed, the
+        # allocator gave it to the next batch size's tensors (an illegal memory access on an H200
+        # with --batch 1,32).
+        graph.replay()
+
+    return _timed_on_gpu(replay)
 
 
 SETTLE_S = 0.1

@@ -182,3 +182,39 @@ def test_the_tflite_page_quotes_the_recorded_phone_accuracy_of_the_shipped_model
     int8 = [f"{-b['tflite-int8']['fg_miou_vs_onnx_fp32']:.2f}" for b in by_model]
     said = "INT8 loses {} fg mIoU there and {} on CCP's" if not suffix else "{} and {} on their reframed versions"
     assert said.format(*int8) in _text(ROOT / "README.md")
+
+
+def test_training_page_quotes_the_recorded_gpu_sweeps():
+    lines = [json.loads((ROOT / "benchmarks" / "results" / f"mix-wise-gpu1{s}-h200.json").read_text())["sweep"] for s in ("", "-shipped")]
+    by_alpha = [{r["alpha"]: r["fg_miou"] for r in rows} for rows in lines]
+
+    def cells(line: dict, a: float) -> list[str]:
+        return [f"{line[a][k]:.2f}" if a in line else "–" for k in ("eg1800", "ccp")]
+
+    expected = [(f"{a:g}", *cells(by_alpha[0], a), *cells(by_alpha[1], a)) for a in sorted(set(by_alpha[0]) | set(by_alpha[1]))]
+    page = (ROOT / "docs" / "training.md").read_text()
+    assert re.findall(r"^\| (\d(?:\.\d+)?) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", page, flags=re.M) == expected
+    base, shipped = by_alpha
+    card = _text(ROOT / "docs" / "model-card.md")
+    assert f"took CCP to **{base[1.0]['ccp']:.2f}** with EG1800 at {base[1.0]['eg1800']:.2f}" in card
+    assert f"holds CCP {base[0.8]['ccp']:.2f} at α 0.8 with EG1800 {base[0.8]['eg1800']:.2f}" in card
+    assert f"{shipped[0.7]['ccp']:.2f} at α 0.7 with {shipped[0.7]['eg1800']:.2f}" in card
+    readme = _text(ROOT / "README.md")
+    assert f"reached {base[1.0]['ccp']:.2f}, and {base[0.8]['ccp']:.2f} interpolated with the selfie model, at {base[0.8]['eg1800']:.2f}" in readme
+
+
+def test_benchmarks_page_quotes_the_recorded_gpu_latencies():
+    def p50(name: str) -> dict:
+        report = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+        return {(r["name"], run["batch"]): run["p50_ms"] for r in report["results"] for run in r["runs"]}
+
+    eager = p50("bench-gpu-h200")
+    graph = p50("bench-gpu-graphs-h200-b32-fp16") | p50("bench-gpu-graphs-h200-b32-deploy") | p50("bench-gpu-graphs-h200-b1")
+
+    def cell(d: dict, t: str, b: int) -> str:
+        return f"{d[(t, b)]:.2f}" if (t, b) in d else "–"
+
+    expected = [(t, cell(eager, t, 1), cell(eager, t, 32), cell(graph, t, 1), cell(graph, t, 32))
+                for t in ("torch-train", "torch-deploy", "torch-compile", "torch-fp16")]  # fmt: skip
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert re.findall(r"^ *\| (torch-[a-z0-9]+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", page, flags=re.M) == expected

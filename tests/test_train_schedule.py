@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -158,6 +159,39 @@ def test_a_signal_saves_last_pt_even_when_started_in_the_background(data, tmp_pa
     state = load_checkpoint(out / "last.pt").raw["trainer"]
     assert [state["epoch"] + 1, state["step_in_epoch"], state["global_step"]] == [int(g) for g in stopped.groups()]
     assert state["global_step"] == state["epoch"] * 6 + state["step_in_epoch"]
+
+
+def test_a_stop_whose_interrupt_a_finaliser_dropped_still_stops_the_run(data, tmp_path, monkeypatch):
+    # Python prints and drops an exception raised inside __del__; a SIGTERM whose KeyboardInterrupt
+    # landed there once left a CI run training on for minutes.
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            (lambda: None)()  # a Python call: where pending signal handlers run, inside __del__ still
+
+    t = Trainer(config(data, tmp_path / "run", epochs=5), progress=False)
+    step = t._step
+
+    def step_then_finalise(batch):
+        terms = step(batch)
+        if t.global_step == 1:
+            Finaliser()
+        return terms
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    dropped = []
+    monkeypatch.setattr(t, "_step", step_then_finalise)
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            t.fit()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert [type(d.exc_value) for d in dropped] == [KeyboardInterrupt]  # the case: the handler's own stop was dropped
+    assert load_checkpoint(tmp_path / "run" / "last.pt").raw["trainer"]["global_step"] == 2  # stopped before the third step
 
 
 def test_paste_person_targets_the_union_and_moves_image_and_mask_together():

@@ -542,7 +542,7 @@ class Trainer:
                 total=self.planned * self.steps_per_epoch, initial=done, unit="step", disable=not self.progress,
                 dynamic_ncols=True, desc=self._describe(),
             )  # fmt: skip
-            for batch in self._loader():
+            for batch in _stops_recorded(self._loader()):
                 terms = self._step(batch)
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -632,6 +632,34 @@ class Trainer:
                 tqdm.write(json.dumps(record))
         if self.world > 1:
             dist.barrier()
+
+
+def _stops_recorded(batches: Iterator[Any]) -> Iterator[Any]:
+    """`batches`, with every SIGINT and SIGTERM recorded before its handler runs, and a
+    KeyboardInterrupt before the next batch once one is. The handler's own KeyboardInterrupt can
+    land inside a finaliser (a `__del__`, a weakref callback such as matplotlib's), where Python
+    prints and drops it, and the run would go on as if never stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield from batches
+        return
+    stops: list[int] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum: int, frame: Any) -> None:
+        stops.append(signum)
+        before[signal.Signals(signum)](signum, frame)
+
+    for sig, handler in before.items():
+        if callable(handler):
+            signal.signal(sig, record)
+    try:
+        for batch in batches:
+            if stops:
+                raise KeyboardInterrupt(signal.Signals(stops[0]).name)
+            yield batch
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

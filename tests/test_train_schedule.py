@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -163,11 +162,12 @@ def test_a_signal_saves_last_pt_even_when_started_in_the_background(data, tmp_pa
 
 def test_a_stop_whose_interrupt_a_finaliser_dropped_still_stops_the_run(data, tmp_path, monkeypatch):
     # Python prints and drops an exception raised inside __del__; a SIGTERM whose KeyboardInterrupt
-    # landed there once left a CI run training on for minutes.
+    # landed there once left a CI run training on for minutes. The handler is called as Python
+    # calls it when the signal arrives there: a real signal sent to the test process killed a CI
+    # run whose earlier tests had loaded libraries with handlers of their own.
     class Finaliser:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGTERM)
-            (lambda: None)()  # a Python call: where pending signal handlers run, inside __del__ still
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
 
     t = Trainer(config(data, tmp_path / "run", epochs=5), progress=False)
     step = t._step

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: the training-throughput probe, a time-limited training run, then
 # GPU latency of the result. Everything it writes lands in $OUT (the device tool returns it).
-#   [BATCH=32 LR=1e-3 ANYWHERE=1 WEIGHTS=1,1 PROBE=0 DEVICE=cuda] bash benchmarks/device_run.sh DATA[,DATA2...] MINUTES [INIT_CKPT]
+#   [BATCH=32 LR=1e-3 ANYWHERE=1 WEIGHTS=1,1 PROBE=0 BENCH=0 DEVICE=cuda] bash benchmarks/device_run.sh DATA[,DATA2...] MINUTES [INIT_CKPT]
 # DATA: EG1800-layout folders inside the repo, comma-separated (the tool carries only the repo and
 # at most 64 MiB), e.g. .data/eg1800,.data/ccp with CCP shrunk by benchmarks/carry.py.
-# PROBE=0 skips the throughput probe, giving its minute to the training. DEVICE=cpu is a dry run
+# PROBE=0 skips the throughput probe and BENCH=0 the GPU benchmark after the training (about 2
+# minutes), giving their time to the training. DEVICE=cpu is a dry run
 # of the same steps on any machine. The tool returns at most 8 files, so the benchmark tables stay
 # JSON only: run/{best,last}.pt, run/{history,config}.json, run/history.png, train.log, bench-gpu*.json.
 set -euo pipefail
@@ -32,6 +33,7 @@ python3 -m rcr_deploy train "${data_args[@]}" ${WEIGHTS:+--data-weights "$WEIGHT
   ${init:+--init "$init"} 2>&1 | tee "$out/train.log" | tr '\r' '\n' | grep -v '^epoch .*step/s' || true
 test -f "$out/run/best.pt"
 stamp bench
+if [ "${BENCH:-1}" = 0 ]; then stamp done; exit 0; fi
 # GPU latency: torch eager (fp32, fp16), torch.compile, then CUDA-graph replays, at batch 1 and 32.
 python3 -m rcr_deploy bench --backend torch-train,torch-deploy,torch-compile,torch-fp16 --device "$device" --ckpt "$out/run/best.pt" \
   --batch 1,32 --iters 200 --max-seconds 5 --json-out "$out/bench-gpu.json" || echo "bench failed: $?"

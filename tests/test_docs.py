@@ -218,3 +218,15 @@ def test_benchmarks_page_quotes_the_recorded_gpu_latencies():
                 for t in ("torch-train", "torch-deploy", "torch-compile", "torch-fp16")]  # fmt: skip
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert re.findall(r"^ *\| (torch-[a-z0-9]+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", page, flags=re.M) == expected
+
+
+def test_model_card_quotes_the_recorded_fine_tune_from_the_gpu_run():
+    history = json.loads((ROOT / "benchmarks" / "results" / "mix-ft10-cpu-2core.json").read_text())["history"]
+    by_epoch = {h["epoch"]: {k: 100 * v["val_fg_miou"] for k, v in h["val_by_data"].items()} | {
+        f"{k}-reframed": 100 * v["val_fg_miou_reframed"] for k, v in h["val_by_data"].items()} for h in history}  # fmt: skip
+    e3, e6 = by_epoch[3], by_epoch[6]
+    card = _text(ROOT / "docs" / "model-card.md")
+    assert f"rose to {e3['eg1800']:.2f} at epoch 3 (CCP {e3['ccp']:.2f}) and {e6['eg1800']:.2f} at epoch 6 (CCP {e6['ccp']:.2f})" in card
+    assert f"{e3['eg1800-reframed']:.2f} and {e3['ccp-reframed']:.2f} at epoch 3" in card
+    best = load_checkpoint(ROOT / "benchmarks" / "results" / "mix-ft10-cpu-2core.pt").meta["best"]
+    assert best["epoch"] == 3 and max(by_epoch, key=lambda e: by_epoch[e]["eg1800"] + by_epoch[e]["ccp"]) == 3

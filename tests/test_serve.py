@@ -204,12 +204,16 @@ def test_excess_load_is_shed_with_503_and_retry_after(server):
     """The replica holds two batches of 8 and MAX_QUEUED more, the proxy MAX_QUEUED more again:
     twice that many clients at once overflow it, and the overflow is answered at once with 503,
     not left waiting."""
+    clients = 2 * capacity(1, 8, MAX_QUEUED)
+    # All at once: threads that started one by one on a slow 2-core runner were served as they came.
+    start = threading.Barrier(clients)
+
     def timed(_):
+        start.wait()
         t = time.monotonic()
         status, headers, _body = post(f"{server}/segment", SAMPLE)
         return status, headers.get("Retry-After"), time.monotonic() - t
 
-    clients = 2 * capacity(1, 8, MAX_QUEUED)
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(timed, range(clients)))
     shed = [r for r in results if r[0] == 503]

@@ -15,7 +15,10 @@ a context manager so `close()` always runs::
 from __future__ import annotations
 
 import abc
+import functools
 import os
+import platform
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -85,6 +88,25 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Where Linux lists the CPU's flags (a test points it elsewhere).
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def int8_saturates() -> bool:
+    """Whether this CPU's 8-bit dot products can saturate: x86 without VNNI, whose u8 x s8 kernels
+    (pmaddubsw) add each pair of products in 16 bits and clip the sum. ONNX Runtime then runs INT8
+    with exact u8 x u8 kernels when asked (`session.x64quantprecision`), and OnnxRuntimeRunner asks;
+    OpenVINO has no such switch. Where the flags cannot be read (x86 off Linux), assume it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        flags = CPUINFO.read_text()
+    except OSError:
+        return True
+    return not re.search(r"\b(avx512_vnni|avx_vnni)\b", flags)
 
 
 def onnxruntime_providers(device: str) -> list[str]:

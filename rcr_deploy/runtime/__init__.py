@@ -92,21 +92,30 @@ class Runner(abc.ABC):
 
 #: Where Linux lists the CPU's flags (a test points it elsewhere).
 CPUINFO = Path("/proc/cpuinfo")
+X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The x86 CPU's feature flags as Linux lists them; None off x86 or where they cannot be read."""
+    if platform.machine().lower() not in X86:
+        return None
+    try:
+        found = re.search(r"^flags\s*:(.*)$", CPUINFO.read_text(), re.M)
+    except OSError:
+        return None
+    return frozenset(found.group(1).split()) if found else None
+
+
 def int8_saturates() -> bool:
     """Whether this CPU's 8-bit dot products can saturate: x86 without VNNI, whose u8 x s8 kernels
     (pmaddubsw) add each pair of products in 16 bits and clip the sum. ONNX Runtime then runs INT8
     with exact u8 x u8 kernels when asked (`session.x64quantprecision`), and OnnxRuntimeRunner asks;
-    OpenVINO has no such switch. Where the flags cannot be read (x86 off Linux), assume it can."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    OpenVINO has no such switch. Where the flags of an x86 CPU cannot be read, assume it can."""
+    if platform.machine().lower() not in X86:
         return False
-    try:
-        flags = CPUINFO.read_text()
-    except OSError:
-        return True
-    return not re.search(r"\b(avx512_vnni|avx_vnni)\b", flags)
+    flags = cpu_flags()
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni"}
 
 
 def onnxruntime_providers(device: str) -> list[str]:

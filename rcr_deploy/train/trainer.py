@@ -44,6 +44,7 @@ from rcr_deploy.data.folder import VAL_EVERY, Source, check_per_folder, list_pai
 from rcr_deploy.errors import CheckpointError, RcrError
 from rcr_deploy.fileio import write_text_atomic
 from rcr_deploy.models import DEFAULT_ARCH, VARIANTS, build_model
+from rcr_deploy.runtime import cpu_flags
 from rcr_deploy.train.log import plot_histories
 from rcr_deploy.train.losses import LossWeights, total_loss
 from rcr_deploy.train.schedule import SCHEDULES, RunSampler, epoch_cost, lr_factor, plan_epochs, size_at, steps_per_epoch
@@ -223,6 +224,13 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     if mode == "fp16" and device.type != "cuda":
         raise TrainError("--amp fp16 needs a CUDA GPU; use --amp bf16 or --amp off on the CPU")
+    flags = cpu_flags() if mode == "bf16" and device.type == "cpu" else None
+    if flags is not None and not flags & {"avx512_bf16", "amx_bf16"}:
+        print(
+            "warning: --amp bf16: this CPU has no native bfloat16 (avx512_bf16 or amx_bf16), so it is emulated; "
+            "on one such CPU a step took 100 s against 6.5 s with --amp off (docs/training.md). Use --amp off",
+            file=sys.stderr,
+        )  # fmt: skip
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
 
 

@@ -1,6 +1,7 @@
-"""INT8 on CPUs whose 8-bit dot products saturate (x86 without VNNI): ONNX Runtime is asked for
-its exact kernels there, and OpenVINO's pixel agreement is recorded, not gated. The suite's export
-tests run the real thing on whatever CPU they find; these pin the logic on every CPU."""
+"""What the CPU's flags decide. On x86 without VNNI, 8-bit dot products saturate: ONNX Runtime is
+asked for its exact INT8 kernels there, and OpenVINO's pixel agreement is recorded, not gated.
+Without avx512_bf16 or amx_bf16, bf16 training is emulated and warned about. The export tests run
+the real thing on whatever CPU they find; these pin the logic for every CPU."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rcr_deploy.exporters import onnx as onnx_export
 from rcr_deploy.reparam import Tolerance
 from rcr_deploy.runtime import Runner
 from rcr_deploy.runtime import onnxruntime_runner
+from support import train_config
 
 
 @pytest.fixture
@@ -27,11 +29,11 @@ def cpu(monkeypatch, tmp_path):
         if flags is not None:
             info.write_text(f"processor\t: 0\nflags\t\t: fpu sse sse2 {flags}\n")
         monkeypatch.setattr(runtime, "CPUINFO", info)
-        runtime.int8_saturates.cache_clear()
+        runtime.cpu_flags.cache_clear()
         return runtime.int8_saturates()
 
     yield set_cpu
-    runtime.int8_saturates.cache_clear()
+    runtime.cpu_flags.cache_clear()
 
 
 def test_int8_saturates_on_x86_without_vnni_only(cpu):
@@ -101,3 +103,15 @@ def test_openvino_int8_agreement_is_gated_unless_the_cpu_saturates_with_the_logi
     assert result and capsys.readouterr().err == ""  # nothing to warn about
     broken = onnx_export.validate_openvino_int8(*_pair(0.4), inputs, Tolerance(rtol=0.0, atol=0.01), agreement)
     assert not broken  # the logit bound still gates on a saturating CPU
+
+
+@pytest.mark.parametrize("flags, warned", [("avx2 fma", True), ("avx512f avx512_bf16", False), ("amx_bf16 amx_tile", False)])
+def test_bf16_training_warns_on_a_cpu_that_emulates_bfloat16(cpu, tmp_path, capsys, flags, warned):
+    import torch
+
+    from rcr_deploy.train import trainer
+
+    cpu("x86_64", flags)
+    cfg = train_config(tmp_path, tmp_path / "run", amp="bf16")
+    assert trainer._autocast_dtype(cfg, torch.device("cpu")) == torch.bfloat16  # a warning, not a refusal
+    assert ("no native bfloat16" in capsys.readouterr().err) == warned

@@ -213,9 +213,9 @@ def validate_openvino_int8(runner: Runner, reference: Runner, inputs: dict[str, 
     (`int8_saturates`: x86 without VNNI), OpenVINO clips sums that ONNX Runtime, asked for exact
     kernels, does not, and it has no switch for it (its docs call it the saturation issue). There
     the logit bound, which catches a broken graph, still gates; the pixel agreement is measured,
-    recorded (`cpu_saturates`) and warned about below `agreement`, but not gated: on such a CPU
-    (AVX, no AVX2) an untrained RCRNet, whose two logits are almost equal everywhere, agreed on 51 %
-    of pixels at 96x96 with logits 0.05 apart; the trained model at 224 on photographs on >= 99 %."""
+    recorded (`cpu_saturates`) and warned about below `agreement`, but not gated: an untrained
+    RCRNet, whose two logits are almost equal everywhere, flips pixels freely there while the
+    trained model barely moves (measured in docs/cpu-engines.md, "CPUs without VNNI")."""
     saturates = int8_saturates()
     result = validate(runner, reference, inputs, tol, 0.0 if saturates else agreement)
     result.cpu_saturates = saturates

@@ -29,9 +29,8 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{optimization}")
         if int8_saturates():
-            # Without VNNI, ORT's default INT8 kernels clip sums of products to 16 bits: on a
-            # randomly initialised RCRNet 92.6 % of pixels kept FP32's class, 97.7 % with the
-            # exact kernels (docs/cpu-engines.md).
+            # Without VNNI, ORT's default INT8 kernels clip sums of products to 16 bits and move
+            # pixels off FP32's class (measured in docs/cpu-engines.md, "CPUs without VNNI").
             options.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             options.intra_op_num_threads = threads

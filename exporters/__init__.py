@@ -29,3 +29,5 @@ class FormatJob:
     #: A file of the format -> its mIoU row on `export --val`, or None without --val: for a file
     #: that is another model than its ONNX artifact (re-quantised), whose accuracy is its own.
     measure: Callable[[Path], dict[str, Any]] | None = None
+    #: `export --float-stem`: a format that quantises on its own keeps the stem's Convs float.
+    float_stem: bool = True

@@ -331,7 +331,7 @@ def other_format(staged: Staged, summaries: list[dict[str, Any]], name: str) -> 
             return _scores(runner, plan)
 
     artifacts = {p: path for p, path in staged.paths.items() if p in FORMATS[name].precisions}
-    job = FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure if plan.val is not None else None)
+    job = FormatJob(staged.inputs, calib, plan.size[0], plan.progress, measure if plan.val is not None else None, plan.float_stem)
     made, checks = load(FORMATS[name].exporter)(artifacts, job)
     summaries += checks
     return made

@@ -307,3 +307,38 @@ def test_nncf_quantisation_keeps_stdout_clean_for_json(exported, capfd):
     quantized = openvino_export.quantize_nncf(model, _real(exported)[:2], progress=False)
     assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     assert capfd.readouterr().out == ""
+
+
+def _int8_weights(model) -> dict[str, tuple[str, np.ndarray]]:
+    """The IR's (Group)Convolutions whose weights NNCF stored as int8 -> (op type, those values)."""
+    found = {}
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() != "Constant" and node.get_input_size():  # Multiply <- Convert <- int8 Constant
+            node = node.input_value(0).get_node()
+        if node.get_element_type().get_type_name() == "i8":
+            found[op.get_friendly_name().split("/")[0]] = (op.get_type_name(), node.get_data().astype(np.int16))
+    return found
+
+
+def test_nncf_ir_keeps_the_stem_float_and_its_weights_in_seven_bits(exported):
+    """As the Q/DQ artifact (--float-stem): the stem's Convs keep float weights; every other
+    weight uses 7 bits, which x86 CPUs without VNNI multiply without clipping (module docstring)."""
+    import openvino as ov
+
+    weights = _int8_weights(ov.Core().read_model(str(_xml(exported, "int8"))))
+    stem = _stem(exported)
+    assert stem and not set(stem) & set(weights)
+    # NNCF leaves depthwise ones at 8 bits: its overflow fix is for the dense kernels.
+    dense = [w for kind, w in weights.values() if kind == "Convolution"]
+    assert len(dense) > 10 and max(int(np.abs(w).max()) for w in dense) <= 64
+
+
+def test_nncf_with_a_float_conv_the_model_lacks_is_an_export_error(exported):
+    import openvino as ov
+
+    model = ov.convert_model(str(exported["out"] / ARTIFACT_NAMES["fp32"]))
+    with pytest.raises(ExportError, match="no-float-stem"):
+        openvino_export.quantize_nncf(model, _real(exported)[:2], progress=False, float_convs=["no_such_conv"])

@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _validated(xml: Path, source: Path, inputs: dict[str, np.ndarray], precision
     return result
 
 
-def _ops_of(model: Any, convs: list[str]) -> list[str]:
+def _ops_of(model: Any, convs: Sequence[str]) -> list[str]:
     """The OpenVINO (Group)Convolutions that OpenVINO's ONNX frontend made from the ONNX Convs
     `convs` (named `<conv>/WithoutBiases` when a bias was split off); raises `ExportError` if
     one is missing, since NNCF would then quantise what was to stay float."""
@@ -85,7 +85,7 @@ def _ops_of(model: Any, convs: list[str]) -> list[str]:
     return ops
 
 
-def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True, float_convs: list[str] | None = None) -> Any:
+def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True, float_convs: Sequence[str] = ()) -> Any:
     """NNCF post-training quantisation of an OpenVINO model on preprocessed calibration images
     (N x C x H x W): symmetric int8 (the PERFORMANCE preset), placed for the CPU plugin, 7-bit
     weights (the module docstring says why), the ONNX Convs `float_convs` left float."""
@@ -93,7 +93,7 @@ def quantize_nncf(model: Any, calib: np.ndarray, progress: bool = True, float_co
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
-    ignored = nncf.IgnoredScope(names=_ops_of(model, float_convs or []))
+    ignored = nncf.IgnoredScope(names=_ops_of(model, float_convs))
     nncf.set_log_level(logging.ERROR)
     # NNCF draws its progress bars on stdout, which `export --json` keeps for its JSON.
     try:
@@ -114,14 +114,14 @@ def export_ir(
     calib: np.ndarray | None = None,
     progress: bool = True,
     measure: Callable[[Path], dict[str, Any]] | None = None,
-    float_convs: list[str] | None = None,
+    float_convs: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Write the IR of `artifact` beside it, made from `source` (default: `artifact` itself), NNCF
-    quantised on `calib` when given, the ONNX Convs `float_convs` left float; validate it against `source` on ONNX Runtime, and write the
-    artifact's manifest, extended, into the IR and its sidecar (an IR made from another source
-    gets its own accuracy row from `measure`, or none). Returns the `.xml` and the validation
-    summary. Raises `ExportError` if OpenVINO cannot convert it and `VerificationError` beyond
-    tolerance."""
+    quantised on `calib` when given with the ONNX Convs `float_convs` left float; validate it against
+    `source` on ONNX Runtime, and write the artifact's manifest, extended, into the IR and its
+    sidecar (an IR made from another source gets its own accuracy row from `measure`, or none).
+    Returns the `.xml` and the validation summary. Raises `ExportError` if OpenVINO cannot convert
+    it and `VerificationError` beyond tolerance."""
     ov = require_openvino()
     source = source or artifact
     xml = format_path(artifact, "openvino")
@@ -148,7 +148,7 @@ def export_ir(
     record["openvino"] = {
         "source": {"file": source.name, "sha256": sha256_file(source)},
         "quantization": f"NNCF post-training, PERFORMANCE preset (symmetric int8, 7-bit weights), CPU target, "
-        f"{len(calib)} calibration images, {len(float_convs or [])} convolutions float"
+        f"{len(calib)} calibration images, {len(float_convs)} convolutions float"
         if calib is not None
         else None,
         "weights": {"file": xml.with_suffix(".bin").name, "sha256": sha256_file(xml.with_suffix(".bin"))},
